@@ -1,0 +1,1 @@
+"""Shared code of the DICOMweb Functions app: the core, the adapters and the composition root."""

@@ -1,0 +1,1 @@
+"""One module per port and technology; vendor SDKs are imported only here."""
