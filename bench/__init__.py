@@ -1,0 +1,1 @@
+"""DICOMweb benchmark: the same load against this server and, optionally, Orthanc (see README.md)."""

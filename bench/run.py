@@ -1,0 +1,175 @@
+"""Command line: `python -m bench [--baseline orthanc] [--quick] [--only stow,qido,...]`.
+
+Runs every selected scenario against each server in turn (each started fresh on an empty store),
+writes one JSON document to stdout and to bench/results/<timestamp>.json, and a table to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import secrets
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pydicom
+import urllib3
+
+from bench.corpus import Corpus, Plan
+from bench.load import DicomwebClient
+from bench.orthanc import OrthancServer, find_orthanc, find_plugin_dir
+from bench.report import RATIO_NOTE, metric_rows, table
+from bench.scenarios import SCENARIOS, Metric, Session
+from bench.servers import OursServer, ServerError, ServerProcess
+
+log = logging.getLogger("bench")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SERVER_TYPES: dict[str, type[ServerProcess]] = {"ours": OursServer, "orthanc": OrthancServer}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--baseline", choices=["orthanc"], help="also run the same load against this server")
+    parser.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated servers to run (ours, orthanc); default: ours (+ the baseline)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about a minute")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"subset of: {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--big-study-mb", type=float, default=None, help="big study size (default 1024; quick 32)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="data seed (default: random, so new UIDs)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--keep", action="store_true", help="keep the servers' stores and the generated data")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.only if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    servers = (
+        args.servers.split(",") if args.servers else ["ours", *([args.baseline] if args.baseline else [])]
+    )
+    args.servers = [s.strip() for s in servers if s.strip()]
+    if any(s not in SERVER_TYPES for s in args.servers):
+        parser.error(f"servers must be among {list(SERVER_TYPES)}")
+    return args
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "urllib3": urllib3.__version__,
+        "network": "loopback (client and server share the same CPUs)",
+    }
+
+
+def bench_server(name: str, corpus: Corpus, scenarios: list[str], keep: bool) -> dict[str, Any]:
+    """Start one server fresh, run the scenarios, stop it; never raises for a server's failure."""
+    server = SERVER_TYPES[name](keep=keep)
+    result: dict[str, Any] = {"metrics": {}, "errors": []}
+    try:
+        log.info("starting %s", name)
+        server.start()
+    except ServerError as exc:
+        log.error("%s did not start: %s", name, exc)
+        result["errors"].append(f"did not start: {exc}")
+        server.stop()
+        return result
+    session = Session(server, corpus, DicomwebClient(server.root))
+    result.update(version=server.version, root=server.root)
+    try:
+        for scenario in scenarios:
+            started = time.perf_counter()
+            try:
+                SCENARIOS[scenario](session)
+            except Exception as exc:  # a broken scenario is reported, the others still run
+                log.error("%s %s failed: %r", name, scenario, exc)
+                log.debug("%s", traceback.format_exc())
+                session.errors.append(f"{scenario}: {exc!r}")
+            session.details.setdefault("phase_seconds", {})[scenario] = round(
+                time.perf_counter() - started, 1
+            )
+            if not server.alive():
+                session.errors.append(f"server exited during {scenario}: {server.log_tail()}")
+                break
+        result["store_on_disk_mb"] = round(server.store_bytes() / 1e6, 1)
+    finally:
+        session.client.close()
+        server.stop()
+    result.update(metrics=session.metrics, details=session.details, errors=session.errors)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    if "orthanc" in args.servers:
+        try:
+            find_orthanc()
+            find_plugin_dir()
+        except ServerError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    plan_type = Plan.quick if args.quick else Plan.full
+    plan = plan_type() if args.big_study_mb is None else plan_type(args.big_study_mb)
+    started = dt.datetime.now(dt.UTC)
+    corpus = Corpus(seed, plan, keep=args.keep)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for name in args.servers:
+            results[name] = bench_server(name, corpus, args.only, args.keep)
+    finally:
+        corpus.close()
+
+    metrics: dict[str, dict[str, Metric]] = {n: r.pop("metrics") for n, r in results.items()}
+    baseline = args.baseline if args.baseline in results and "ours" in results else None
+    rows = metric_rows(metrics, baseline=baseline)
+    doc = {
+        "benchmark": "dicomweb-bench/1",
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "seed": seed,
+        "scenarios": args.only,
+        "plan": dataclasses.asdict(plan),
+        "host": host_info(),
+        "baseline": baseline,
+        "ratio_note": RATIO_NOTE if baseline else None,
+        "servers": results,
+        "metrics": rows,
+    }
+    text = json.dumps(doc, indent=2, default=str)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(text + "\n")
+    print(text)
+    print("\n" + table(rows, list(results), baseline is not None), file=sys.stderr)
+    for name, res in results.items():
+        for err in res.get("errors", []):
+            print(f"{name}: ERROR {err}", file=sys.stderr)
+    print(f"\nresults: {out}", file=sys.stderr)
+    failed = any(res.get("errors") for res in results.values()) or any("failures" in r for r in rows)
+    return 1 if failed else 0
