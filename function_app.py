@@ -1,0 +1,9 @@
+"""The Azure Functions app: one blueprint per DICOMweb service. Nothing connects at import time."""
+
+import azure.functions as func
+
+from functions import delete, qido, stow, wado
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+for blueprint in (stow.bp, wado.bp, qido.bp, delete.bp):
+    app.register_functions(blueprint)

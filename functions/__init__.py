@@ -1,0 +1,1 @@
+"""Thin trigger shells: one blueprint per DICOMweb service; each function hands its trigger to shared.web."""

@@ -1,0 +1,126 @@
+"""Schema and engine of the SQL metadata index (SQLAlchemy Core; SQLite by default, PostgreSQL too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+
+PENDING = 0
+CREATED = 1
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("partition", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("patient_name", String(324)),
+    Column("patient_name_norm", String(324)),
+    Column("patient_name_words", String(330)),
+    Column("patient_id", String(64)),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("accession_number", String(16)),
+    Column("referring_physician_name", String(324)),
+    Column("referring_physician_norm", String(324)),
+    Column("referring_physician_words", String(330)),
+    Column("study_id", String(16)),
+    Column("study_description", String(64)),
+    Column("attrs", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("partition", "study_uid", name="uq_studies_uid"),
+    Index("ix_studies_patient_id", "partition", "patient_id"),
+    Index("ix_studies_accession", "partition", "accession_number"),
+    Index("ix_studies_date", "partition", "study_date", "id"),
+    Index("ix_studies_name", "partition", "patient_name_norm"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("study_pk", ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("modality", String(16)),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("pps_start_date", String(8)),
+    Column("attrs", JSON, nullable=False),
+    UniqueConstraint("study_pk", "series_uid", name="uq_series_uid"),
+    Index("ix_series_uid", "series_uid"),
+    Index("ix_series_modality", "modality", "study_pk"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("partition", String(64), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("study_pk", ForeignKey("studies.id", ondelete="CASCADE")),
+    Column("series_pk", ForeignKey("series.id", ondelete="CASCADE")),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("status", SmallInteger, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("pending_version", String(32)),
+    Column("transfer_syntax", String(64), nullable=False),
+    Column("number_of_frames", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("attrs", JSON),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("partition", "sop_instance_uid", name="uq_instances_uid"),
+    Index("ix_instances_series", "series_pk", "status"),
+    Index("ix_instances_study", "study_pk", "status"),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # let the begin hook below issue BEGIN
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA case_sensitive_like=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers take the write lock up front, so two writers never deadlock upgrading a read lock.
+    mode = "IMMEDIATE" if conn.get_execution_options().get("write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8)
+    metadata.create_all(engine)
+    return engine

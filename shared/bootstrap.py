@@ -1,0 +1,68 @@
+"""The composition root: builds the service from the settings on first use, once per process.
+
+Nothing connects at import time (that would cost every cold start on Functions).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import Settings
+from shared.core.service import DicomwebService
+from shared.core.store import InstanceStore, StorePolicy
+
+_lock = threading.Lock()
+_app: App | None = None
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    settings: Settings
+    service: DicomwebService
+    route_prefix: str
+
+
+def route_prefix() -> str:
+    """The `routePrefix` of host.json ("api" when absent, as the Functions host does)."""
+    try:
+        host = json.loads((_ROOT / "host.json").read_text())
+    except (OSError, ValueError):
+        return "api"
+    prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+    return str(prefix).strip("/")
+
+
+def build(settings: Settings) -> App:
+    from shared.adapters.blob_filesystem import FileSystemBlobStore
+    from shared.adapters.index_sql import SqlMetadataIndex
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = FileSystemBlobStore(settings.data_dir / "blobs")
+    index = SqlMetadataIndex(settings.index_url, partition=settings.partition)
+    policy = StorePolicy(
+        partition=settings.partition,
+        overwrite_existing=settings.overwrite_existing,
+        bulk_data_threshold=settings.bulk_data_threshold,
+    )
+    service = DicomwebService(blobs, index, InstanceStore(blobs, index, policy), settings.partition)
+    return App(settings, service, route_prefix())
+
+
+def get_app() -> App:
+    global _app
+    if _app is None:
+        with _lock:
+            if _app is None:
+                _app = build(Settings.from_env())
+    return _app
+
+
+def reset() -> None:
+    """Forget the built app (tests that change settings call this)."""
+    global _app
+    with _lock:
+        _app = None

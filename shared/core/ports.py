@@ -1,0 +1,56 @@
+"""The ports: small protocols that the adapters implement.
+
+Adapters translate their vendor's errors into the core's (`NotFound`, `Conflict`, `Unavailable`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO, Protocol
+
+from shared.core.model import InstanceRecord, PendingInstance, SearchHit, StoredInstance
+from shared.core.query import Query
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: BinaryIO, *, overwrite: bool = False) -> int:
+        """Write `data` (read to its end) under `key`; return the size. Conflict if it exists and not overwrite."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the blob (the caller closes it). NotFound if missing."""
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes from `offset`. NotFound if missing."""
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; a missing blob is not an error."""
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys that start with `prefix`."""
+
+
+class MetadataIndex(Protocol):
+    def begin_instance(self, record: InstanceRecord, *, replace: bool) -> PendingInstance:
+        """Record a pending instance. Conflict if it exists (committed) and not `replace`."""
+
+    def commit_instance(self, record: InstanceRecord, pending: PendingInstance) -> None:
+        """Make the pending instance visible. Conflict if a concurrent store won."""
+
+    def abort_instance(self, pending: PendingInstance) -> None:
+        """Forget a pending instance (its files are deleted by the caller)."""
+
+    def find_instances(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """Committed instances of a study, series or one instance, in a stable order."""
+
+    def search(self, query: Query) -> list[SearchHit]:
+        """QIDO-RS: the matching studies, series or instances, paged by the query's limit and offset."""
+
+    def delete(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[StoredInstance]:
+        """Remove committed instances from the index and return what was removed (for file cleanup)."""
+
+
+BlobKeys = Sequence[str]

@@ -1,0 +1,251 @@
+"""STOW-RS: store one spooled instance, two-phase, and build the PS3.18 store response.
+
+pending index row -> instance + metadata + frame index blobs (create-only) -> commit -> delete the
+superseded version. Any failure after the pending row undoes what was written, so nothing
+half-stored is ever visible and a retry succeeds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from shared.core.dicomjson import dataset_to_json, dumps, pixel_data_json
+from shared.core.errors import Conflict
+from shared.core.frames import FrameIndex, PixelDataError, index_frames
+from shared.core.layout import instance_blobs, new_version
+from shared.core.levels import split_levels
+from shared.core.model import (
+    FailureReason,
+    InstanceRecord,
+    InstanceUids,
+    PendingInstance,
+    StoreOutcome,
+    StoreStatus,
+)
+from shared.core.ports import BlobStore, MetadataIndex
+from shared.core.uids import is_valid_uid
+
+log = logging.getLogger(__name__)
+
+_REQUIRED_UIDS = (
+    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+    ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    ("SOPInstanceUID", "SOP Instance UID (0008,0018)"),
+    ("SOPClassUID", "SOP Class UID (0008,0016)"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StorePolicy:
+    partition: str = "default"
+    overwrite_existing: bool = False
+    bulk_data_threshold: int = 1024
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _read_header(fp: BinaryIO) -> Dataset:
+    fp.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except InvalidDicomError:
+        raise _Rejected(
+            FailureReason.CANNOT_UNDERSTAND,
+            "not a DICOM Part 10 file (128-byte preamble, 'DICM' and file meta information required)",
+        ) from None
+    except Exception as exc:  # pydicom raises many types for damaged data
+        log.debug("header parse failed: %s", type(exc).__name__)
+        raise _Rejected(FailureReason.CANNOT_UNDERSTAND, "the DICOM header could not be parsed") from None
+    return ds
+
+
+def _validate(ds: Dataset, expected_study: str | None) -> tuple[InstanceUids, str, str]:
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = _text(meta.get("TransferSyntaxUID") if meta is not None else None)
+    if not transfer_syntax:
+        raise _Rejected(
+            FailureReason.CANNOT_UNDERSTAND, "file meta information lacks Transfer Syntax UID (0002,0010)"
+        )
+    if not is_valid_uid(transfer_syntax):
+        raise _Rejected(FailureReason.CANNOT_UNDERSTAND, "Transfer Syntax UID (0002,0010) is not a valid UID")
+    values: dict[str, str] = {}
+    for keyword, label in _REQUIRED_UIDS:
+        try:
+            value = _text(ds.get(keyword))
+        except Exception:
+            value = ""
+        if not value:
+            raise _Rejected(FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{label} is missing")
+        if not is_valid_uid(value):
+            raise _Rejected(FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{label} is not a valid UID")
+        values[keyword] = value
+    media_sop = _text(meta.get("MediaStorageSOPInstanceUID")) if meta is not None else ""
+    if media_sop and media_sop != values["SOPInstanceUID"]:
+        raise _Rejected(
+            FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Instance UID (0008,0018) differs from Media Storage SOP Instance UID (0002,0003)",
+        )
+    if expected_study is not None and values["StudyInstanceUID"] != expected_study:
+        raise _Rejected(
+            FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "Study Instance UID (0020,000D) differs from the study of the request URL",
+        )
+    uids = InstanceUids(values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"])
+    return uids, values["SOPClassUID"], transfer_syntax
+
+
+def _metadata(ds: Dataset, frames: FrameIndex, threshold: int) -> dict[str, object]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        doc = dataset_to_json(ds, threshold)
+    if frames.number_of_frames > 0:
+        bits = ds.get("BitsAllocated", 16)
+        encapsulated = UID(frames.transfer_syntax).is_encapsulated
+        doc["7FE00010"] = pixel_data_json(
+            "OB" if encapsulated or (isinstance(bits, int) and bits <= 8) else "OW"
+        )
+    return doc
+
+
+class InstanceStore:
+    """The store pipeline shared by STOW-RS and (later) blob-drop ingestion."""
+
+    def __init__(self, blobs: BlobStore, index: MetadataIndex, policy: StorePolicy) -> None:
+        self._blobs = blobs
+        self._index = index
+        self._policy = policy
+
+    def store_instance(self, fp: BinaryIO, size: int, *, expected_study: str | None = None) -> StoreOutcome:
+        """Store one spooled instance (a seekable file holding exactly its bytes)."""
+        try:
+            ds = _read_header(fp)
+            sop_class = _text(ds.get("SOPClassUID")) or None
+            sop_instance = _text(ds.get("SOPInstanceUID")) or None
+        except _Rejected as rejected:
+            return StoreOutcome(StoreStatus.FAILED, reason=rejected.reason, message=rejected.message)
+        except Exception:
+            return StoreOutcome(
+                StoreStatus.FAILED,
+                reason=FailureReason.CANNOT_UNDERSTAND,
+                message="the DICOM header could not be read",
+            )
+        try:
+            uids, sop_class_uid, transfer_syntax = _validate(ds, expected_study)
+            fp.seek(0)
+            try:
+                frames = index_frames(fp)
+            except PixelDataError as exc:
+                raise _Rejected(FailureReason.CANNOT_UNDERSTAND, str(exc)) from None
+            doc = _metadata(ds, frames, self._policy.bulk_data_threshold)
+        except _Rejected as rejected:
+            return StoreOutcome(
+                StoreStatus.FAILED,
+                sop_class_uid=sop_class if sop_class and is_valid_uid(sop_class) else None,
+                sop_instance_uid=sop_instance if sop_instance and is_valid_uid(sop_instance) else None,
+                reason=rejected.reason,
+                message=rejected.message,
+            )
+        study_attrs, series_attrs, instance_attrs = split_levels(doc)
+        record = InstanceRecord(
+            uids=uids,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax=transfer_syntax,
+            version=new_version(),
+            size=size,
+            number_of_frames=frames.number_of_frames,
+            study_attrs=study_attrs,
+            series_attrs=series_attrs,
+            instance_attrs=instance_attrs,
+        )
+        outcome = StoreOutcome(
+            StoreStatus.STORED,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=uids.instance,
+            study_uid=uids.study,
+            series_uid=uids.series,
+        )
+        return self._write(fp, record, doc, frames, outcome)
+
+    def _write(
+        self,
+        fp: BinaryIO,
+        record: InstanceRecord,
+        doc: dict[str, object],
+        frames: FrameIndex,
+        outcome: StoreOutcome,
+    ) -> StoreOutcome:
+        def failed(reason: FailureReason, message: str) -> StoreOutcome:
+            return StoreOutcome(
+                StoreStatus.FAILED,
+                sop_class_uid=outcome.sop_class_uid,
+                sop_instance_uid=outcome.sop_instance_uid,
+                study_uid=outcome.study_uid,
+                series_uid=outcome.series_uid,
+                reason=reason,
+                message=message,
+            )
+
+        try:
+            pending = self._index.begin_instance(record, replace=self._policy.overwrite_existing)
+        except Conflict as exc:
+            return failed(FailureReason.DUPLICATE_SOP_INSTANCE, exc.message)
+        blobs = instance_blobs(self._policy.partition, record.uids, record.version)
+        written: list[str] = []
+        try:
+            fp.seek(0)
+            self._blobs.put(blobs.instance, fp)
+            written.append(blobs.instance)
+            self._blobs.put(blobs.metadata, io.BytesIO(dumps(doc)))
+            written.append(blobs.metadata)
+            self._blobs.put(blobs.frames, io.BytesIO(json.dumps(frames.to_json()).encode()))
+            written.append(blobs.frames)
+            self._index.commit_instance(record, pending)
+        except Exception as exc:
+            self._undo(pending, written)
+            if isinstance(exc, Conflict):
+                return failed(FailureReason.DUPLICATE_SOP_INSTANCE, exc.message)
+            log.error("storing an instance failed: %s", type(exc).__name__)
+            log.debug("store failure", exc_info=True)
+            return failed(FailureReason.PROCESSING_FAILURE, "the instance could not be stored; retry later")
+        if pending.replaces is not None:
+            self._delete_version(record.uids, pending.replaces)
+        return outcome
+
+    def _undo(self, pending: PendingInstance, written: list[str]) -> None:
+        for key in written:
+            try:
+                self._blobs.delete(key)
+            except Exception:
+                log.warning("could not remove a blob while undoing a failed store; a sweep will find it")
+        try:
+            self._index.abort_instance(pending)
+        except Exception:
+            log.warning("could not remove a pending index entry while undoing a failed store")
+
+    def _delete_version(self, uids: InstanceUids, version: str) -> None:
+        for key in instance_blobs(self._policy.partition, uids, version).all():
+            try:
+                self._blobs.delete(key)
+            except Exception:
+                log.warning("could not remove a superseded blob; a sweep will find it")

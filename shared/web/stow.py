@@ -1,0 +1,154 @@
+"""STOW-RS over HTTP: the request body is streamed through the multipart reader, part by part.
+
+Each part is spooled (in memory up to a limit, then on disk), stored in a worker thread, and
+forgotten before the next part, so memory stays flat whatever the size of the request.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import BinaryIO
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.bootstrap import App
+from shared.core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from shared.core.media import MediaType, parse_media_type
+from shared.core.model import FailureReason, StoreOutcome, StoreStatus
+from shared.core.multipart import MultipartReader, PartData, PartEnd, PartStart, boundary_of
+from shared.core.stow_response import build_store_response
+from shared.web.common import JSON_OFFERS, app_for, base_url, guarded, json_response, negotiate_request, uids
+
+DICOM = "application/dicom"
+
+
+class _Limits:
+    def __init__(self, app: App) -> None:
+        self.request = app.settings.max_request_bytes
+        self.instance = app.settings.max_instance_bytes
+        self.parts = app.settings.max_parts
+        self.received = 0
+
+    def count(self, n: int) -> None:
+        self.received += n
+        if self.received > self.request:
+            raise PayloadTooLarge(f"the request is larger than the limit of {self.request} bytes")
+
+
+def _content_type(request: Request) -> MediaType:
+    raw = request.headers.get("content-type")
+    if not raw:
+        raise UnsupportedMediaType('Content-Type is required: multipart/related; type="application/dicom"')
+    try:
+        return parse_media_type(raw)
+    except BadRequest as exc:
+        raise UnsupportedMediaType(f"Content-Type is not a valid media type: {exc.message}") from None
+
+
+def _spool(app: App) -> BinaryIO:
+    return tempfile.SpooledTemporaryFile(max_size=app.settings.spool_memory_bytes)  # type: ignore[return-value]
+
+
+async def _store(app: App, spool: BinaryIO, size: int, study: str | None) -> StoreOutcome:
+    try:
+        return await run_in_threadpool(app.service.store.store_instance, spool, size, expected_study=study)
+    finally:
+        spool.close()
+
+
+async def _store_single(request: Request, app: App, limits: _Limits, study: str | None) -> list[StoreOutcome]:
+    spool = _spool(app)
+    size = 0
+    async for chunk in request.stream():
+        limits.count(len(chunk))
+        size += len(chunk)
+        if size > limits.instance:
+            spool.close()
+            raise PayloadTooLarge(f"an instance is larger than the limit of {limits.instance} bytes")
+        spool.write(chunk)
+    if size == 0:
+        spool.close()
+        raise BadRequest("the request body is empty")
+    return [await _store(app, spool, size, study)]
+
+
+async def _store_multipart(
+    request: Request, app: App, limits: _Limits, media: MediaType, study: str | None
+) -> list[StoreOutcome]:
+    declared = (media.param("type") or "").lower()
+    if declared and declared != DICOM:
+        raise UnsupportedMediaType(
+            f"multipart/related parts of type {declared!r} are not supported; use {DICOM}"
+        )
+    reader = MultipartReader(boundary_of(media))
+    outcomes: list[StoreOutcome] = []
+    spool: BinaryIO | None = None
+    size = 0
+    part_type = ""
+    try:
+        async for chunk in request.stream():
+            limits.count(len(chunk))
+            for event in reader.feed(chunk):
+                if isinstance(event, PartStart):
+                    if len(outcomes) >= limits.parts:
+                        raise PayloadTooLarge(f"the request has more than {limits.parts} parts")
+                    part_type = (
+                        (event.header("content-type") or declared or DICOM).split(";")[0].strip().lower()
+                    )
+                    spool, size = _spool(app), 0
+                elif isinstance(event, PartData) and spool is not None:
+                    size += len(event.data)
+                    if size > limits.instance:
+                        raise PayloadTooLarge(
+                            f"an instance is larger than the limit of {limits.instance} bytes"
+                        )
+                    spool.write(event.data)
+                elif isinstance(event, PartEnd) and spool is not None:
+                    current, spool = spool, None
+                    outcomes.append(await _part(app, current, size, part_type, study))
+        reader.close()
+    finally:
+        if spool is not None:
+            spool.close()
+    if not outcomes:
+        raise BadRequest("the multipart request holds no parts")
+    return outcomes
+
+
+async def _part(app: App, spool: BinaryIO, size: int, part_type: str, study: str | None) -> StoreOutcome:
+    if part_type != DICOM:
+        spool.close()
+        return StoreOutcome(
+            StoreStatus.FAILED,
+            reason=FailureReason.CANNOT_UNDERSTAND,
+            message=f"a part of type {part_type or 'unknown'!r} is not supported; use {DICOM}",
+        )
+    if size == 0:
+        spool.close()
+        return StoreOutcome(
+            StoreStatus.FAILED, reason=FailureReason.CANNOT_UNDERSTAND, message="the part is empty"
+        )
+    return await _store(app, spool, size, study)
+
+
+@guarded
+async def store_instances(request: Request) -> Response:
+    """STOW-RS: POST /studies and POST /studies/{study}."""
+    app = app_for(request)
+    (study,) = uids(request, "study")
+    negotiate_request(request, JSON_OFFERS)
+    media = _content_type(request)
+    limits = _Limits(app)
+    declared_length = request.headers.get("content-length")
+    if declared_length and declared_length.isdigit() and int(declared_length) > limits.request:
+        raise PayloadTooLarge(f"the request is larger than the limit of {limits.request} bytes")
+    if media.type == DICOM:
+        outcomes = await _store_single(request, app, limits, study)
+    elif media.type == "multipart/related":
+        outcomes = await _store_multipart(request, app, limits, media, study)
+    else:
+        raise UnsupportedMediaType(f'{media.type} is not supported; use multipart/related; type="{DICOM}"')
+    result = build_store_response(base_url(request, app), outcomes, study)
+    return json_response(result.body, result.status, result.warnings)
