@@ -130,6 +130,18 @@ class Corpus:
             self._qido = (studies, instances)
         return self._qido
 
+    def prepare(self, scenarios: list[str]) -> None:
+        """Generate everything the scenarios need now, before any server runs or any clock starts."""
+        if {"stow", "retrieve", "frames", "metadata"} & set(scenarios):
+            for batch, clients in STOW_CONFIGS:
+                self.stow_set(batch, clients)
+                if "stow" in scenarios:
+                    self.stow_warmup_set(batch, clients)
+        if "qido" in scenarios:
+            self.qido()
+        if "memory" in scenarios:
+            self.big_study()
+
     def rng(self, purpose: str) -> random.Random:
         """A generator seeded by the run seed and a purpose, so every server gets the same sequence."""
         return random.Random(f"{self.seed}:{purpose}")

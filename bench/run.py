@@ -26,6 +26,7 @@ import urllib3
 
 from bench.corpus import Corpus, Plan
 from bench.load import DicomwebClient
+from bench.memory import tree_cpu_seconds
 from bench.orthanc import OrthancServer, find_orthanc, find_plugin_dir
 from bench.report import RATIO_NOTE, metric_rows, table
 from bench.scenarios import SCENARIOS, Metric, Session
@@ -88,7 +89,7 @@ def bench_server(name: str, corpus: Corpus, scenarios: list[str], keep: bool) ->
         server.start()
     except ServerError as exc:
         log.error("%s did not start: %s", name, exc)
-        result["errors"].append(f"did not start: {exc}")
+        result["errors"].append(str(exc))
         server.stop()
         return result
     session = Session(server, corpus, DicomwebClient(server.root))
@@ -96,15 +97,18 @@ def bench_server(name: str, corpus: Corpus, scenarios: list[str], keep: bool) ->
     try:
         for scenario in scenarios:
             started = time.perf_counter()
+            server_cpu, client_cpu = tree_cpu_seconds(server.pid), time.process_time()
             try:
                 SCENARIOS[scenario](session)
             except Exception as exc:  # a broken scenario is reported, the others still run
                 log.error("%s %s failed: %r", name, scenario, exc)
                 log.debug("%s", traceback.format_exc())
                 session.errors.append(f"{scenario}: {exc!r}")
-            session.details.setdefault("phase_seconds", {})[scenario] = round(
-                time.perf_counter() - started, 1
-            )
+            session.details.setdefault("phases", {})[scenario] = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "server_cpu_s": round(tree_cpu_seconds(server.pid) - server_cpu, 1),
+                "client_cpu_s": round(time.process_time() - client_cpu, 1),
+            }
             if not server.alive():
                 session.errors.append(f"server exited during {scenario}: {server.log_tail()}")
                 break
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Corpus(seed, plan, keep=args.keep)
     results: dict[str, dict[str, Any]] = {}
     try:
+        log.info("generating data (seed %s) in %s", seed, corpus.root)
+        corpus.prepare(args.only)
         for name in args.servers:
             results[name] = bench_server(name, corpus, args.only, args.keep)
     finally:

@@ -301,6 +301,8 @@ def run_memory(session: Session) -> None:
         "peak_rss_store_mb": round(store_rss.peak / mb, 1),
         "rss_before_retrieve_mb": round(retrieve_rss.start_rss / mb, 1),
         "peak_rss_retrieve_mb": round(retrieve_rss.peak / mb, 1),
+        "growth_store_mb": round((store_rss.peak - store_rss.start_rss) / mb, 1),
+        "growth_retrieve_mb": round((retrieve_rss.peak - retrieve_rss.start_rss) / mb, 1),
         "samples": store_rss.samples + retrieve_rss.samples,
         "store": store,
         "retrieve": retrieve,
