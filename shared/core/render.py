@@ -21,7 +21,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
 from shared.core import transfer_syntax as tsx
@@ -45,6 +45,7 @@ _COPIED = (
     "WindowWidth",
     "VOILUTFunction",
     "VOILUTSequence",
+    "PresentationLUTShape",
 )
 _GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
 
@@ -126,19 +127,24 @@ def _grey(frame: NDArray[Any], view: Dataset, interpretation: str) -> NDArray[np
 def _voi(values: Floats, view: Dataset) -> Floats:
     """Values of interest mapped to 0..255 (floats)."""
     luts = view.get("VOILUTSequence")
-    if luts and "LUTData" in luts[0]:
-        lut_view = Dataset()
-        lut_view.add(view["VOILUTSequence"])
-        for keyword in ("BitsStored", "PixelRepresentation"):
-            if keyword in view:
-                lut_view.add(view[keyword])
-        mapped = np.asarray(apply_voi_lut(values, lut_view, prefer_lut=True), dtype=np.float64)
-        data = np.asarray(luts[0].LUTData, dtype=np.float64).reshape(-1)
-        return _stretch(mapped, float(data.min()), float(data.max()))
+    if luts and "LUTData" in luts[0] and "LUTDescriptor" in luts[0]:
+        return _lookup(values, luts[0])
     window = _first_window(view)
     if window is not None:
         return _window(values, *window, str(view.get("VOILUTFunction", "LINEAR")).strip().upper())
     return _stretch(values, float(values.min()), float(values.max()))
+
+
+def _lookup(values: Floats, item: Dataset) -> Floats:
+    """PS3.3 C.11.2.1.1: a VOI LUT; inputs below/above its range take the first/last entry."""
+    entries, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+    if first >= 32768 and float(values.min(initial=0.0)) < 0:
+        first -= 65536  # read as US, but signed inputs need it as SS
+    data = item.LUTData
+    table = np.asarray(data if not isinstance(data, bytes) else np.frombuffer(data, "<u2"), np.float64)
+    table = table.reshape(-1)[:entries]
+    indices = np.clip(np.rint(values) - first, 0, len(table) - 1).astype(np.int64)
+    return _stretch(table[indices], float(table.min()), float(table.max()))
 
 
 def _first_window(view: Dataset) -> tuple[float, float] | None:
