@@ -79,6 +79,7 @@ class FunctionHost:
             allow = ", ".join(resolution.allowed)
             await Response(status_code=405, headers={"Allow": allow})(scope, receive, send)
         else:
+            scope.setdefault("state", {})["function"] = resolution.route.target.spec.name
             await self._invoke(resolution.route.target, resolution.params, scope, receive, send)
 
     def _health(self, method: str) -> Response:
@@ -119,10 +120,11 @@ class FunctionHost:
 
 
 class AccessLog:
-    """One INFO line per HTTP request: method, raw path without query string, status, ms.
+    """One INFO line per HTTP request: method, function name, status, ms.
 
-    The query string is left out because QIDO queries can carry patient names; the raw
-    (percent-encoded) path is logged so that no decoded control character reaches the log.
+    Neither the query string (QIDO queries can carry patient names) nor the path (it holds UIDs)
+    is logged at INFO; the raw, percent-encoded path is logged at DEBUG, so that no decoded
+    control character reaches the log.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -145,7 +147,9 @@ class AccessLog:
             await self.app(scope, receive, status_send)
         finally:
             elapsed_ms = (time.perf_counter() - began) * 1000
-            logger.info("%s %s %d %.1fms", scope["method"], _raw_path(scope), status, elapsed_ms)
+            function = scope.get("state", {}).get("function", "-")
+            logger.info("%s %s %d %.1fms", scope["method"], function, status, elapsed_ms)
+            logger.debug("%s %s %d", scope["method"], _raw_path(scope), status)
 
 
 def build_asgi_app(app: func.FunctionApp, *, route_prefix: str, cors_origins: list[str]) -> ASGIApp:

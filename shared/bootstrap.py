@@ -36,10 +36,23 @@ def route_prefix() -> str:
     return str(prefix).strip("/")
 
 
+def configure_pydicom() -> None:
+    """Process-wide pydicom policy: keep values as they are and never warn about them.
+
+    The server validates what it relies on (UIDs, dates) itself; pydicom's per-value warnings
+    would only fill logs, and `warnings.catch_warnings` is not safe in the worker threads.
+    """
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+
+
 def build(settings: Settings) -> App:
     from shared.adapters.blob_filesystem import FileSystemBlobStore
     from shared.adapters.index_sql import SqlMetadataIndex
 
+    configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     blobs = FileSystemBlobStore(settings.data_dir / "blobs")
     index = SqlMetadataIndex(settings.index_url, partition=settings.partition)

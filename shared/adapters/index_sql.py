@@ -43,9 +43,15 @@ def _time(attrs: dict[str, Any], tag: str) -> str | None:
 
 
 def _norm(name: str | None) -> str | None:
-    """The first (alphabetic) component group, normalized, as single-value and wildcard matching use."""
+    """The first (alphabetic) component group, normalized: what name queries in Latin script match."""
     groups = name_groups(name) if name else []
     return groups[0][:324] if groups else None
+
+
+def _groups(name: str | None) -> str | None:
+    """Every component group, normalized, as `=G1=G2=`: what ideographic and phonetic queries match."""
+    groups = name_groups(name) if name else []
+    return f"={'='.join(groups)}="[:340] if groups else None
 
 
 def _int(attrs: dict[str, Any], tag: str) -> int | None:
@@ -67,6 +73,7 @@ def study_columns(attrs: dict[str, Any]) -> dict[str, Any]:
         "patient_name": patient,
         "patient_name_norm": _norm(patient),
         "patient_name_words": _words(patient),
+        "patient_name_groups": _groups(patient),
         "patient_id": _str(attrs, "00100020", 64),
         "patient_birth_date": _date(attrs, "00100030"),
         "patient_sex": _str(attrs, "00100040", 16),
@@ -76,6 +83,7 @@ def study_columns(attrs: dict[str, Any]) -> dict[str, Any]:
         "referring_physician_name": referring,
         "referring_physician_norm": _norm(referring),
         "referring_physician_words": _words(referring),
+        "referring_physician_groups": _groups(referring),
         "study_id": _str(attrs, "00200010", 16),
         "study_description": _str(attrs, "00081030", 64),
         "attrs": attrs,
@@ -88,6 +96,7 @@ def series_columns(attrs: dict[str, Any]) -> dict[str, Any]:
         "series_number": _int(attrs, "00200011"),
         "series_description": _str(attrs, "0008103E", 64),
         "pps_start_date": _date(attrs, "00400244"),
+        "pps_start_time": _time(attrs, "00400245"),
         "attrs": attrs,
     }
 

@@ -27,6 +27,10 @@ _STUDY: dict[str, tuple[Column[Any], str]] = {
     "StudyID": (studies.c.study_id, "str"),
     "StudyDescription": (studies.c.study_description, "str"),
 }
+_GROUPS = {
+    "PatientName": studies.c.patient_name_groups,
+    "ReferringPhysicianName": studies.c.referring_physician_groups,
+}
 _WORDS = {
     "PatientName": studies.c.patient_name_words,
     "ReferringPhysicianName": studies.c.referring_physician_words,
@@ -37,6 +41,7 @@ _SERIES: dict[str, tuple[Column[Any], str]] = {
     "SeriesNumber": (series.c.series_number, "int"),
     "SeriesDescription": (series.c.series_description, "str"),
     "PerformedProcedureStepStartDate": (series.c.pps_start_date, "date"),
+    "PerformedProcedureStepStartTime": (series.c.pps_start_time, "time"),
 }
 _INSTANCE: dict[str, tuple[Column[Any], str]] = {
     "SOPInstanceUID": (instances.c.sop_instance_uid, "str"),
@@ -58,9 +63,18 @@ def _as_int(value: str, keyword: str) -> int:
         raise BadRequest(f"{keyword} must be an integer") from None
 
 
+def _name(keyword: str, column: Column[Any], value: str, wildcard: bool) -> ColumnElement[bool]:
+    """A Latin-script name query matches the indexed alphabetic group (an index serves it); any
+    other script is matched against every component group."""
+    normalized = normalize_name(value)
+    if normalized.isascii():
+        return column.like(_like_pattern(normalized), escape="\\") if wildcard else column == normalized
+    return _GROUPS[keyword].like(f"%={_like_pattern(normalized)}=%", escape="\\")
+
+
 def _single(column: Column[Any], kind: str, keyword: str, value: str) -> ColumnElement[bool]:
     if kind == "pn":
-        return column == normalize_name(value)
+        return _name(keyword, column, value, wildcard=False)
     if kind == "int":
         return column == _as_int(value, keyword)
     return column == value
@@ -84,10 +98,9 @@ def condition_clause(cond: Condition) -> ColumnElement[bool]:
     if cond.kind is MatchKind.UID_LIST:
         return column.in_(cond.values)
     if cond.kind is MatchKind.WILDCARD:
-        value = normalize_name(cond.value) if kind == "pn" else cond.value
-        if value == "*":
-            return true()
-        return column.like(_like_pattern(value), escape="\\")
+        if kind == "pn":
+            return _name(cond.keyword, column, cond.value, wildcard=True)
+        return column.like(_like_pattern(cond.value), escape="\\")
     if cond.kind is MatchKind.FUZZY:
         words_column = _WORDS.get(cond.keyword)
         if words_column is None:

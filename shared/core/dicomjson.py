@@ -20,6 +20,8 @@ from shared.core.model import DicomJson
 PIXEL_DATA = 0x7FE00010
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 _PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+# Served as bulk data whatever their size: viewers (OHIF) fetch LUT data through its BulkDataURI.
+_ALWAYS_BULK = {0x00281201, 0x00281202, 0x00281203, 0x00281221, 0x00281222, 0x00281223, 0x00283006}
 BULK_PLACEHOLDER = "@@INSTANCE@@"
 _PLACEHOLDER_JSON = f'"BulkDataURI": "{BULK_PLACEHOLDER}'
 
@@ -34,9 +36,13 @@ def element_to_json(elem: DataElement, path: str, threshold: int) -> dict[str, A
     if vr == "SQ":
         items = []
         for index, item in enumerate(elem.value or ()):
-            items.append(dataset_to_json(item, threshold, f"{path}/{index}/"))
+            items.append(dataset_to_json(item, threshold, f"{path}{tag_key(elem.tag)}/{index}/"))
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-    if vr in _BINARY_VRS and not elem.is_empty and len(elem.value) > threshold:
+    if (
+        vr in _BINARY_VRS
+        and not elem.is_empty
+        and (len(elem.value) > threshold or int(elem.tag) in _ALWAYS_BULK)
+    ):
         return {
             "vr": vr if " " not in vr else "OW",
             "BulkDataURI": f"{BULK_PLACEHOLDER}/bulk/{path}{tag_key(elem.tag)}",

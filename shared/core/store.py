@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -66,9 +65,7 @@ def _text(value: object) -> str:
 def _read_header(fp: BinaryIO) -> Dataset:
     fp.seek(0)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError:
         raise _Rejected(
             FailureReason.CANNOT_UNDERSTAND,
@@ -116,9 +113,7 @@ def _validate(ds: Dataset, expected_study: str | None) -> tuple[InstanceUids, st
 
 
 def _metadata(ds: Dataset, frames: FrameIndex, threshold: int) -> dict[str, object]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        doc = dataset_to_json(ds, threshold)
+    doc = dataset_to_json(ds, threshold)
     if frames.number_of_frames > 0:
         bits = ds.get("BitsAllocated", 16)
         encapsulated = UID(frames.transfer_syntax).is_encapsulated

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from shared.bootstrap import App, get_app
 from shared.core.errors import DicomwebError
+from shared.core.frames import PixelDataError
 from shared.core.media import Negotiated, Offer, negotiate
 from shared.core.uids import require_uid
 
@@ -27,6 +28,12 @@ def error_response(exc: BaseException) -> Response:
     """The one place that maps an error to a response; a 500 never shows internals."""
     if isinstance(exc, DicomwebError):
         return Response(exc.message + "\n", status_code=exc.status, media_type="text/plain")
+    if isinstance(exc, PixelDataError):
+        return Response(
+            "the stored pixel data cannot be decoded into the representation asked for\n",
+            status_code=406,
+            media_type="text/plain",
+        )
     if isinstance(exc, ClientDisconnect):
         return Response("the client closed the request\n", status_code=400, media_type="text/plain")
     log.error("unhandled error: %s", type(exc).__name__)
@@ -68,7 +75,7 @@ def uids(request: Request, *names: str) -> list[str | None]:
     values: list[str | None] = []
     for name in names:
         raw = request.path_params.get(name)
-        values.append(None if raw is None else require_uid(raw, f"the {labels[name]} in the URL"))
+        values.append(None if raw is None else require_uid(raw, f"{labels[name]} in the URL"))
     return values
 
 

@@ -1,0 +1,156 @@
+"""The two-phase store pipeline over the real embedded adapters (files + SQLite), with failures injected."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from shared.adapters.blob_filesystem import FileSystemBlobStore
+from shared.adapters.index_sql import SqlMetadataIndex
+from shared.core.attributes import Level
+from shared.core.model import FailureReason, StoreStatus
+from shared.core.query import parse_query
+from shared.core.store import InstanceStore, StorePolicy
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+class FailingBlobStore(FileSystemBlobStore):
+    """A real filesystem store that fails the n-th put, as a storage outage would."""
+
+    def __init__(self, root: Path, fail_on: int) -> None:
+        super().__init__(root)
+        self.fail_on = fail_on
+        self.puts = 0
+
+    def put(self, key: str, data: BinaryIO, *, overwrite: bool = False) -> int:
+        self.puts += 1
+        if self.puts == self.fail_on:
+            raise OSError("disk full")
+        return super().put(key, data, overwrite=overwrite)
+
+
+def _fresh(name: str = "ct/CT_small.dcm") -> bytes:
+    ds = pydicom.dcmread(DATA / name)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _store(
+    tmp_path: Path, blobs: FileSystemBlobStore | None = None, overwrite: bool = False
+) -> tuple[InstanceStore, SqlMetadataIndex, FileSystemBlobStore]:
+    blobs = blobs or FileSystemBlobStore(tmp_path / "blobs")
+    index = SqlMetadataIndex(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    return InstanceStore(blobs, index, StorePolicy(overwrite_existing=overwrite)), index, blobs
+
+
+def _files(blobs: FileSystemBlobStore) -> list[str]:
+    return sorted(blobs.list())
+
+
+def test_store_writes_instance_metadata_and_frames_and_indexes(tmp_path: Path) -> None:
+    store, index, blobs = _store(tmp_path)
+    data = _fresh()
+    outcome = store.store_instance(io.BytesIO(data), len(data))
+    assert outcome.status is StoreStatus.STORED
+    (found,) = index.find_instances(outcome.study_uid)  # type: ignore[arg-type]
+    assert found.size == len(data) and found.number_of_frames == 1
+    names = _files(blobs)
+    assert len(names) == 3 and sum(n.endswith(".dcm") for n in names) == 1
+    dcm = next(n for n in names if n.endswith(".dcm"))
+    with blobs.open(dcm) as fp:
+        assert fp.read() == data  # stored exactly as received
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3], ids=["instance-blob", "metadata-blob", "frames-blob"])
+def test_a_failed_write_leaves_nothing_and_a_retry_succeeds(tmp_path: Path, fail_on: int) -> None:
+    blobs = FailingBlobStore(tmp_path / "blobs", fail_on)
+    store, index, _ = _store(tmp_path, blobs)
+    data = _fresh()
+    outcome = store.store_instance(io.BytesIO(data), len(data))
+    assert outcome.status is StoreStatus.FAILED and outcome.reason is FailureReason.PROCESSING_FAILURE
+    assert _files(blobs) == []
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert index.find_instances(ds.StudyInstanceUID) == []
+    assert index.search(parse_query(Level.STUDY, [("StudyInstanceUID", ds.StudyInstanceUID)])) == []
+    retry = store.store_instance(io.BytesIO(data), len(data))
+    assert retry.status is StoreStatus.STORED
+    assert len(index.find_instances(ds.StudyInstanceUID)) == 1
+
+
+def test_a_failed_commit_removes_the_written_blobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, index, blobs = _store(tmp_path)
+
+    def broken_commit(*_args: object) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(index, "commit_instance", broken_commit)
+    data = _fresh()
+    assert store.store_instance(io.BytesIO(data), len(data)).status is StoreStatus.FAILED
+    assert _files(blobs) == []
+
+
+def test_duplicate_fails_with_conflict_reason_and_keeps_the_original(tmp_path: Path) -> None:
+    store, index, blobs = _store(tmp_path)
+    data = _fresh()
+    first = store.store_instance(io.BytesIO(data), len(data))
+    again = store.store_instance(io.BytesIO(data), len(data))
+    assert again.status is StoreStatus.FAILED and again.reason is FailureReason.DUPLICATE_SOP_INSTANCE
+    (found,) = index.find_instances(first.study_uid)  # type: ignore[arg-type]
+    assert len(_files(blobs)) == 3
+
+
+def test_replace_mode_supersedes_and_removes_the_old_version(tmp_path: Path) -> None:
+    store, index, blobs = _store(tmp_path, overwrite=True)
+    data = _fresh()
+    first = store.store_instance(io.BytesIO(data), len(data))
+    (before,) = index.find_instances(first.study_uid)  # type: ignore[arg-type]
+    second = store.store_instance(io.BytesIO(data), len(data))
+    assert second.status is StoreStatus.STORED
+    (after,) = index.find_instances(first.study_uid)  # type: ignore[arg-type]
+    assert after.version != before.version
+    assert len(_files(blobs)) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("malformed/made_garbage.dcm", FailureReason.CANNOT_UNDERSTAND),
+        ("malformed/made_no_preamble.dcm", FailureReason.CANNOT_UNDERSTAND),
+        ("malformed/made_missing_study_uid.dcm", FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+        ("malformed/made_invalid_study_uid.dcm", FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+        ("malformed/made_meta_sop_mismatch.dcm", FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+        ("malformed/made_truncated_pixeldata.dcm", FailureReason.CANNOT_UNDERSTAND),
+        ("malformed/made_frames_mismatch.dcm", FailureReason.CANNOT_UNDERSTAND),
+        ("odd/meta_missing_tsyntax.dcm", FailureReason.CANNOT_UNDERSTAND),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.name,
+)
+def test_broken_files_fail_with_a_reason_and_leave_nothing(
+    tmp_path: Path, name: str, reason: FailureReason
+) -> None:
+    store, _index, blobs = _store(tmp_path)
+    data = (DATA / name).read_bytes()
+    outcome = store.store_instance(io.BytesIO(data), len(data))
+    assert outcome.status is StoreStatus.FAILED
+    assert outcome.reason is reason
+    assert outcome.message and "Traceback" not in outcome.message
+    assert _files(blobs) == []
+
+
+def test_study_mismatch_with_the_url_fails(tmp_path: Path) -> None:
+    store, _index, blobs = _store(tmp_path)
+    data = _fresh()
+    outcome = store.store_instance(io.BytesIO(data), len(data), expected_study="1.2.3")
+    assert outcome.reason is FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert _files(blobs) == []
