@@ -14,7 +14,9 @@ from shared.core.query import Query
 
 class BlobStore(Protocol):
     def put(self, key: str, data: BinaryIO, *, overwrite: bool = False) -> int:
-        """Write `data` (read to its end) under `key`; return the size. Conflict if it exists and not overwrite."""
+        """Write `data` (read to its end) under `key` and return its size.
+
+        Conflict if the key exists and `overwrite` is false."""
 
     def open(self, key: str) -> BinaryIO:
         """A readable stream of the blob (the caller closes it). NotFound if missing."""

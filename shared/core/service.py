@@ -142,7 +142,8 @@ class DicomwebService:
         for number, stored in enumerate(found):
             with self.blobs.open(self.blobs_of(stored).metadata) as fp:
                 doc = fp.read()
-            url = f"{base}/studies/{stored.uids.study}/series/{stored.uids.series}/instances/{stored.uids.instance}"
+            uids = stored.uids
+            url = f"{base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}"
             yield (b", " if number else b"") + absolutize(doc, url)
         yield b"]"
 

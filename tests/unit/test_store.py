@@ -104,9 +104,10 @@ def test_duplicate_fails_with_conflict_reason_and_keeps_the_original(tmp_path: P
     store, index, blobs = _store(tmp_path)
     data = _fresh()
     first = store.store_instance(io.BytesIO(data), len(data))
+    (before,) = index.find_instances(first.study_uid)  # type: ignore[arg-type]
     again = store.store_instance(io.BytesIO(data), len(data))
     assert again.status is StoreStatus.FAILED and again.reason is FailureReason.DUPLICATE_SOP_INSTANCE
-    (found,) = index.find_instances(first.study_uid)  # type: ignore[arg-type]
+    assert index.find_instances(first.study_uid) == [before]  # type: ignore[arg-type]
     assert len(_files(blobs)) == 3
 
 
