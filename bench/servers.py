@@ -148,9 +148,15 @@ class OursServer(ServerProcess):
 
     def describe(self) -> str:
         try:
-            out = subprocess.run(
+            head = subprocess.run(
                 ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-            )
-            return f"devhost @ {out.stdout.strip() or 'unknown'}"
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain"],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            return f"devhost @ {head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
         except OSError:
             return "devhost"
