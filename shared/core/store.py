@@ -11,7 +11,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -123,6 +123,27 @@ def _metadata(ds: Dataset, frames: FrameIndex, threshold: int) -> dict[str, obje
     return doc
 
 
+# No value of a string VR with a length limit may exceed 10240 characters (LT, PS3.5 6.2); an
+# indexed attribute longer than that is refused rather than copied into every search result.
+_MAX_INDEXED_VALUE = 10240
+
+
+def _value_length(value: object) -> int:
+    if isinstance(value, dict):  # PN: {"Alphabetic": ..., "Ideographic": ..., "Phonetic": ...}
+        return sum(len(v) for v in value.values() if isinstance(v, str))
+    return len(value) if isinstance(value, str) else 0
+
+
+def _check_indexed_lengths(levels: tuple[dict[str, Any], ...]) -> None:
+    for attrs in levels:
+        for tag, elem in attrs.items():
+            if any(_value_length(v) > _MAX_INDEXED_VALUE for v in elem.get("Value", ())):
+                raise _Rejected(
+                    FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    f"attribute ({tag[:4]},{tag[4:]}) is longer than {_MAX_INDEXED_VALUE} characters",
+                )
+
+
 class InstanceStore:
     """The store pipeline shared by STOW-RS and (later) blob-drop ingestion."""
 
@@ -153,6 +174,8 @@ class InstanceStore:
             except PixelDataError as exc:
                 raise _Rejected(FailureReason.CANNOT_UNDERSTAND, str(exc)) from None
             doc = _metadata(ds, frames, self._policy.bulk_data_threshold)
+            levels = split_levels(doc)
+            _check_indexed_lengths(levels)
         except _Rejected as rejected:
             return StoreOutcome(
                 StoreStatus.FAILED,
@@ -161,7 +184,7 @@ class InstanceStore:
                 reason=rejected.reason,
                 message=rejected.message,
             )
-        study_attrs, series_attrs, instance_attrs = split_levels(doc)
+        study_attrs, series_attrs, instance_attrs = levels
         record = InstanceRecord(
             uids=uids,
             sop_class_uid=sop_class_uid,
