@@ -162,12 +162,12 @@ class DicomwebService:
     def search(self, query: Query, base: str) -> list[DicomJson]:
         """QIDO-RS: matching studies, series or instances as DICOM JSON, shaped by includefield."""
         hits = self.index.search(query)
-        wanted = None if query.include_all else {_keyword_tag(k) for k in query.return_keywords()}
-        return [self._shape(hit, query, wanted, base) for hit in hits]
+        asked = {_keyword_tag(k) for k in query.return_keywords()}
+        return [self._shape(hit, query, asked, base) for hit in hits]
 
-    def _shape(self, hit: SearchHit, query: Query, wanted: set[str] | None, base: str) -> DicomJson:
+    def _shape(self, hit: SearchHit, query: Query, asked: set[str], base: str) -> DicomJson:
         attrs: dict[str, Any] = dict(hit.attrs)
-        missing = (wanted or set()) - _INDEXED - set(attrs)
+        missing = asked - _INDEXED - set(attrs)  # includefield=all returns at least these too
         if missing:
             attrs.update(self._attrs_from_metadata(hit, missing))
         url = f"{base}/studies/{hit.study}"
@@ -179,8 +179,8 @@ class DicomwebService:
         attrs[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
         if query.level is not Level.STUDY:
             attrs.setdefault("0020000D", {"vr": "UI", "Value": [hit.study]})
-        if wanted is not None:
-            attrs = {k: v for k, v in attrs.items() if k in wanted or k in _ALWAYS[query.level]}
+        if not query.include_all:
+            attrs = {k: v for k, v in attrs.items() if k in asked or k in _ALWAYS[query.level]}
         return dict(sorted(attrs.items()))
 
     def _attrs_from_metadata(self, hit: SearchHit, tags: set[str]) -> DicomJson:
