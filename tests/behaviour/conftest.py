@@ -91,7 +91,8 @@ class Server:
         return result
 
     def retrieve_instance(self, instance: Instance) -> httpx.Response:
-        return self.get(instance.path, DICOM)
+        """The instance as stored (single part, `transfer-syntax=*`)."""
+        return self.get(instance.path, f"{DICOM}; transfer-syntax=*")
 
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else self.root + path
