@@ -32,6 +32,18 @@ def _str(attrs: dict[str, Any], tag: str, width: int) -> str | None:
     return text[:width] if text else None
 
 
+def _person_name(attrs: dict[str, Any], tag: str, width: int) -> str | None:
+    """A PN in its PS3.5 form "Alphabetic=Ideographic=Phonetic" (trailing empty groups dropped), so
+    that ideographic and phonetic queries find it too."""
+    values = (attrs.get(tag) or {}).get("Value") or []
+    value = values[0] if values else None
+    if not isinstance(value, dict):
+        return _str(attrs, tag, width)
+    groups = [str(value.get(g) or "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+    text = "=".join(groups).rstrip("=").strip()
+    return text[:width] if text else None
+
+
 def _date(attrs: dict[str, Any], tag: str) -> str | None:
     value = _str(attrs, tag, 16)
     return date_key(value) if value else None
@@ -67,8 +79,8 @@ def _words(name: str | None) -> str | None:
 
 
 def study_columns(attrs: dict[str, Any]) -> dict[str, Any]:
-    patient = _str(attrs, "00100010", 324)
-    referring = _str(attrs, "00080090", 324)
+    patient = _person_name(attrs, "00100010", 324)
+    referring = _person_name(attrs, "00080090", 324)
     return {
         "patient_name": patient,
         "patient_name_norm": _norm(patient),
