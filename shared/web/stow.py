@@ -22,6 +22,7 @@ from shared.core.stow_response import build_store_response
 from shared.web.common import JSON_OFFERS, app_for, base_url, guarded, json_response, negotiate_request, uids
 
 DICOM = "application/dicom"
+_MAX_CONTENT_TYPE = 4096  # a real one is under 200 characters (Azure's host caps all headers at 32 kB)
 
 
 class _Limits:
@@ -41,6 +42,8 @@ def _content_type(request: Request) -> MediaType:
     raw = request.headers.get("content-type")
     if not raw:
         raise UnsupportedMediaType('Content-Type is required: multipart/related; type="application/dicom"')
+    if len(raw) > _MAX_CONTENT_TYPE:
+        raise BadRequest(f"Content-Type is longer than {_MAX_CONTENT_TYPE} characters")
     try:
         return parse_media_type(raw)
     except BadRequest as exc:
