@@ -89,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         lifespan="on",
         workers=1,
     )
-    asyncio.run(_serve(config, prefix))
+    try:  # uvloop when installed (a dev extra): the loop uvicorn.run itself would pick
+        import uvloop
+
+        uvloop.run(_serve(config, prefix))
+    except ImportError:
+        asyncio.run(_serve(config, prefix))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ class FileSystemBlobStore:
 
     def put(self, key: str, data: BinaryIO, *, overwrite: bool = False) -> int:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 shutil.copyfileobj(data, tmp, _CHUNK)

@@ -113,11 +113,27 @@ def series_columns(attrs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_STUDY_COLUMNS = tuple(study_columns({}))
+_SERIES_COLUMNS = tuple(series_columns({}))
+
+
 class SqlMetadataIndex:
     def __init__(self, url: str, partition: str = "default", engine: Engine | None = None) -> None:
         self._engine = engine or make_engine(url)
         self._partition = partition
         self._upsert = self._insert_factory()
+        # Built once: executing a prebuilt statement with parameters skips SQLAlchemy's per-call
+        # construction, a good part of the store's index time.
+        study_insert = self._upsert(studies)
+        self._upsert_study = study_insert.on_conflict_do_update(
+            index_elements=["partition", "study_uid"],
+            set_={name: study_insert.excluded[name] for name in (*_STUDY_COLUMNS, "updated_at")},
+        ).returning(studies.c.id)
+        series_insert = self._upsert(series)
+        self._upsert_series = series_insert.on_conflict_do_update(
+            index_elements=["study_pk", "series_uid"],
+            set_={name: series_insert.excluded[name] for name in _SERIES_COLUMNS},
+        ).returning(series.c.id)
 
     def _insert_factory(self) -> Any:
         if self._engine.dialect.name == "postgresql":
@@ -192,27 +208,18 @@ class SqlMetadataIndex:
         uids = record.uids
         now = _now()
         with self._tx(write=True) as conn:
-            study_values = study_columns(record.study_attrs)
-            conn.execute(
-                self._upsert(studies)
-                .values(partition=self._partition, study_uid=uids.study, updated_at=now, **study_values)
-                .on_conflict_do_update(
-                    index_elements=["partition", "study_uid"], set_={**study_values, "updated_at": now}
-                )
-            )
             study_pk = conn.execute(
-                select(studies.c.id).where(
-                    studies.c.partition == self._partition, studies.c.study_uid == uids.study
-                )
+                self._upsert_study,
+                {
+                    "partition": self._partition,
+                    "study_uid": uids.study,
+                    "updated_at": now,
+                    **study_columns(record.study_attrs),
+                },
             ).scalar_one()
-            series_values = series_columns(record.series_attrs)
-            conn.execute(
-                self._upsert(series)
-                .values(study_pk=study_pk, series_uid=uids.series, **series_values)
-                .on_conflict_do_update(index_elements=["study_pk", "series_uid"], set_=series_values)
-            )
             series_pk = conn.execute(
-                select(series.c.id).where(series.c.study_pk == study_pk, series.c.series_uid == uids.series)
+                self._upsert_series,
+                {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)},
             ).scalar_one()
             values = {
                 "study_pk": study_pk,
