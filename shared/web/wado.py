@@ -104,6 +104,9 @@ async def retrieve_frames(request: Request) -> Response:
             offers.append(Offer(media, None, frozenset({as_stored}), as_stored))
     chosen = negotiate_request(request, offers)
     ts = chosen.transfer_syntax or "*"
+    if ts == "*" and len(chosen.offer.transfer_syntaxes) == 1:
+        # "*" means any syntax of the chosen offer: single-part octet-stream is native only
+        (ts,) = chosen.offer.transfer_syntaxes
     frames = service.iter_frames(stored, index, numbers, ts)
     if chosen.offer.media_type != MULTIPART:
         frame = await run_in_threadpool(next, frames)
