@@ -105,7 +105,7 @@ def _element(ds: Any, path: str) -> bytes:
     [
         ("ct/eCT_Supplemental.dcm", ["00281201", "00281202", "00281203"]),
         ("other/waveform_ecg.dcm", ["54000100/0/54001010"]),
-        ("nm_sc/mlut_18.dcm", ["00283000/0/00283006"]),
+        ("nm_sc/mlut_18.dcm", []),  # its LUT Data is explicit VR US: inline numbers are valid JSON
     ],
     ids=["palette-lut", "ecg-waveform", "modality-lut"],
 )
