@@ -1,0 +1,1 @@
+"""End-to-end tests: the dev host as a process, driven over HTTP by the `dicomweb-client` library."""
