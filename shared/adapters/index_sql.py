@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared.adapters.index_sql_schema import CREATED, PENDING, instances, make_engine, series, studies
+from shared.adapters.index_sql_schema import name_words as words
 from shared.adapters.index_sql_search import search
 from shared.core.attributes import date_key, name_groups, name_words, time_key
 from shared.core.dicomjson import first_value
@@ -74,17 +75,12 @@ def _int(attrs: dict[str, Any], tag: str) -> int | None:
         return None
 
 
-def _words(name: str | None) -> str | None:
-    return f" {' '.join(name_words(name))} " if name else None
-
-
 def study_columns(attrs: dict[str, Any]) -> dict[str, Any]:
     patient = _person_name(attrs, "00100010", 324)
     referring = _person_name(attrs, "00080090", 324)
     return {
         "patient_name": patient,
         "patient_name_norm": _norm(patient),
-        "patient_name_words": _words(patient),
         "patient_name_groups": _groups(patient),
         "patient_id": _str(attrs, "00100020", 64),
         "patient_birth_date": _date(attrs, "00100030"),
@@ -94,7 +90,6 @@ def study_columns(attrs: dict[str, Any]) -> dict[str, Any]:
         "accession_number": _str(attrs, "00080050", 16),
         "referring_physician_name": referring,
         "referring_physician_norm": _norm(referring),
-        "referring_physician_words": _words(referring),
         "referring_physician_groups": _groups(referring),
         "study_id": _str(attrs, "00200010", 16),
         "study_description": _str(attrs, "00081030", 64),
@@ -217,6 +212,7 @@ class SqlMetadataIndex:
                     **study_columns(record.study_attrs),
                 },
             ).scalar_one()
+            self._write_name_words(conn, study_pk, record.study_attrs)
             series_pk = conn.execute(
                 self._upsert_series,
                 {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)},
@@ -247,6 +243,23 @@ class SqlMetadataIndex:
             if conn.execute(stmt.values(**values)).rowcount != 1:
                 conn.rollback()
                 raise Conflict("the instance was stored concurrently by another request")
+
+    @staticmethod
+    def _write_name_words(conn: Connection, study_pk: int, attrs: dict[str, Any]) -> None:
+        rows = [
+            {"study_pk": study_pk, "kind": kind, "word": word[:64]}
+            for kind, tag in (("P", "00100010"), ("R", "00080090"))
+            for word in dict.fromkeys(name_words(_person_name(attrs, tag, 324) or ""))
+        ]
+        existing = {
+            (r.kind, r.word)
+            for r in conn.execute(select(words.c.kind, words.c.word).where(words.c.study_pk == study_pk))
+        }
+        if existing == {(r["kind"], r["word"]) for r in rows}:
+            return
+        conn.execute(delete(words).where(words.c.study_pk == study_pk))
+        if rows:
+            conn.execute(words.insert(), rows)
 
     def abort_instance(self, pending: PendingInstance) -> None:
         where = [
@@ -320,5 +333,7 @@ class SqlMetadataIndex:
             has_instances = exists().where(instances.c.series_pk == series.c.id)
             conn.execute(delete(series).where(series.c.id.in_(series_pks), ~has_instances))
             has_series = exists().where(series.c.study_pk == studies.c.id)
+            empty = select(studies.c.id).where(studies.c.id.in_(study_pks), ~has_series)
+            conn.execute(delete(words).where(words.c.study_pk.in_(empty)))
             conn.execute(delete(studies).where(studies.c.id.in_(study_pks), ~has_series))
             return [self._stored(r) for r in rows]

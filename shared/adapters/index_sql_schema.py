@@ -35,7 +35,6 @@ studies = Table(
     Column("study_uid", String(64), nullable=False),
     Column("patient_name", String(324)),
     Column("patient_name_norm", String(324)),
-    Column("patient_name_words", String(330)),
     Column("patient_name_groups", String(340)),
     Column("patient_id", String(64)),
     Column("patient_birth_date", String(8)),
@@ -45,7 +44,6 @@ studies = Table(
     Column("accession_number", String(16)),
     Column("referring_physician_name", String(324)),
     Column("referring_physician_norm", String(324)),
-    Column("referring_physician_words", String(330)),
     Column("referring_physician_groups", String(340)),
     Column("study_id", String(16)),
     Column("study_description", String(64)),
@@ -55,7 +53,19 @@ studies = Table(
     Index("ix_studies_patient_id", "partition", "patient_id"),
     Index("ix_studies_accession", "partition", "accession_number"),
     Index("ix_studies_date", "partition", "study_date", "id"),
-    Index("ix_studies_name", "partition", "patient_name_norm"),
+    # text_pattern_ops: PostgreSQL serves `LIKE 'PREFIX%'` from the index whatever the collation.
+    Index(
+        "ix_studies_name",
+        "partition",
+        "patient_name_norm",
+        postgresql_ops={"patient_name_norm": "text_pattern_ops"},
+    ),
+    Index(
+        "ix_studies_referring",
+        "partition",
+        "referring_physician_norm",
+        postgresql_ops={"referring_physician_norm": "text_pattern_ops"},
+    ),
 )
 
 series = Table(
@@ -73,6 +83,18 @@ series = Table(
     UniqueConstraint("study_pk", "series_uid", name="uq_series_uid"),
     Index("ix_series_uid", "series_uid"),
     Index("ix_series_modality", "modality", "study_pk"),
+)
+
+# One row per word of a person name (patient 'P', referring physician 'R'): fuzzy matching is a
+# prefix range scan of this index instead of a scan of every study.
+name_words = Table(
+    "name_words",
+    metadata,
+    Column("study_pk", ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(1), nullable=False),
+    Column("word", String(64), nullable=False),
+    Index("ix_name_words", "kind", "word", "study_pk", postgresql_ops={"word": "text_pattern_ops"}),
+    Index("ix_name_words_study", "study_pk"),
 )
 
 instances = Table(

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Column, ColumnElement, Connection, Select, and_, exists, func, select, true
 
 from shared.adapters.index_sql_schema import CREATED, instances, series, studies
+from shared.adapters.index_sql_schema import name_words as name_words_table
 from shared.core.attributes import Level, name_words, normalize_name
 from shared.core.errors import BadRequest
 from shared.core.model import SearchHit
@@ -31,10 +32,7 @@ _GROUPS = {
     "PatientName": studies.c.patient_name_groups,
     "ReferringPhysicianName": studies.c.referring_physician_groups,
 }
-_WORDS = {
-    "PatientName": studies.c.patient_name_words,
-    "ReferringPhysicianName": studies.c.referring_physician_words,
-}
+_WORD_KIND = {"PatientName": "P", "ReferringPhysicianName": "R"}
 _SERIES: dict[str, tuple[Column[Any], str]] = {
     "SeriesInstanceUID": (series.c.series_uid, "str"),
     "Modality": (series.c.modality, "str"),
@@ -102,13 +100,23 @@ def condition_clause(cond: Condition) -> ColumnElement[bool]:
             return _name(cond.keyword, column, cond.value, wildcard=True)
         return column.like(_like_pattern(cond.value), escape="\\")
     if cond.kind is MatchKind.FUZZY:
-        words_column = _WORDS.get(cond.keyword)
-        if words_column is None:
+        word_kind = _WORD_KIND.get(cond.keyword)
+        if word_kind is None:
             return _single(column, kind, cond.keyword, cond.value)
         words = name_words(cond.value)
         if not words:
             return true()
-        return and_(*(words_column.like(f"% {_like_pattern(w)}%", escape="\\") for w in words))
+        return and_(
+            *(
+                studies.c.id.in_(
+                    select(name_words_table.c.study_pk).where(
+                        name_words_table.c.kind == word_kind,
+                        name_words_table.c.word.like(_like_pattern(w) + "%", escape="\\"),
+                    )
+                )
+                for w in words
+            )
+        )
     if cond.kind is MatchKind.RANGE:
         parts = []
         if cond.low:
@@ -129,7 +137,7 @@ def _study_stmt(partition: str, query: Query) -> Select[Any]:
         stmt = stmt.where(studies.c.study_uid == query.study_uid)
     for cond in query.conditions:
         stmt = stmt.where(condition_clause(cond))
-    return _page(stmt.order_by(studies.c.study_date.desc(), studies.c.id.desc()), query)
+    return _page(stmt.order_by(studies.c.study_date.desc().nulls_last(), studies.c.id.desc()), query)
 
 
 def _series_stmt(partition: str, query: Query) -> Select[Any]:
