@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import Settings
+from shared.core.ports import BlobStore, MetadataIndex
 from shared.core.service import DicomwebService
 from shared.core.store import InstanceStore, StorePolicy
 
@@ -48,14 +49,51 @@ def configure_pydicom() -> None:
     config.settings.writing_validation_mode = config.IGNORE
 
 
-def build(settings: Settings) -> App:
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name; vendor modules are imported only when chosen."""
+    if settings.blob_store == "azure":
+        from shared.adapters.blob_azure import AzureBlobStore
+
+        if settings.blob_connection_string:
+            return AzureBlobStore.from_connection_string(
+                settings.blob_connection_string,
+                settings.blob_container,
+                create_container=settings.create_containers,
+            )
+        assert settings.blob_account_url is not None
+        return AzureBlobStore.from_account_url(
+            settings.blob_account_url, settings.blob_container, create_container=settings.create_containers
+        )
     from shared.adapters.blob_filesystem import FileSystemBlobStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return FileSystemBlobStore(settings.data_dir / "blobs")
+
+
+def build_index(settings: Settings) -> MetadataIndex:
+    """The metadata index the settings name."""
+    if settings.index == "table":
+        from shared.adapters.index_table import TableMetadataIndex
+
+        if settings.table_connection_string:
+            return TableMetadataIndex.from_connection_string(
+                settings.table_connection_string, prefix=settings.table_prefix, partition=settings.partition
+            )
+        assert settings.table_account_url is not None
+        return TableMetadataIndex.from_account_url(
+            settings.table_account_url, prefix=settings.table_prefix, partition=settings.partition
+        )
     from shared.adapters.index_sql import SqlMetadataIndex
 
+    if settings.index_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqlMetadataIndex(settings.index_url, partition=settings.partition)
+
+
+def build(settings: Settings) -> App:
     configure_pydicom()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    blobs = FileSystemBlobStore(settings.data_dir / "blobs")
-    index = SqlMetadataIndex(settings.index_url, partition=settings.partition)
+    blobs = build_blob_store(settings)
+    index = build_index(settings)
     policy = StorePolicy(
         partition=settings.partition,
         overwrite_existing=settings.overwrite_existing,

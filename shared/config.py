@@ -47,8 +47,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 @dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
-    blob_store: str  # "filesystem"
-    index_url: str  # a SQLAlchemy URL; SQLite under data_dir by default
+    blob_store: str  # "filesystem" or "azure"
+    blob_connection_string: str | None  # Azure: a connection string (Azurite, AzureWebJobsStorage) ...
+    blob_account_url: str | None  # ... or an account URL, authenticated by managed identity
+    blob_container: str
+    create_containers: bool
+    index: str  # "sql" or "table"
+    index_url: str  # SQL: a SQLAlchemy URL; SQLite under data_dir by default, or PostgreSQL
+    table_connection_string: str | None
+    table_account_url: str | None
+    table_prefix: str
     partition: str
     max_request_bytes: int
     max_parts: int
@@ -65,9 +73,30 @@ class Settings:
         env = os.environ if env is None else env
         data_dir = Path(env.get("DICOMWEB_DATA_DIR") or ".data").resolve()
         index_url = env.get("DICOMWEB_INDEX_URL") or f"sqlite:///{data_dir / 'index.sqlite3'}"
+        for plain in ("postgresql://", "postgres://"):  # the driver this project installs: psycopg 3
+            if index_url.startswith(plain):
+                index_url = "postgresql+psycopg://" + index_url[len(plain) :]
         blob_store = (env.get("DICOMWEB_BLOB_STORE") or "filesystem").strip().lower()
-        if blob_store not in {"filesystem"}:
-            raise SettingsError(f"DICOMWEB_BLOB_STORE must be 'filesystem', got {blob_store!r}")
+        if blob_store not in {"filesystem", "azure"}:
+            raise SettingsError(f"DICOMWEB_BLOB_STORE must be 'filesystem' or 'azure', got {blob_store!r}")
+        index = (env.get("DICOMWEB_INDEX") or "sql").strip().lower()
+        if index not in {"sql", "table"}:
+            raise SettingsError(f"DICOMWEB_INDEX must be 'sql' or 'table', got {index!r}")
+        storage = env.get("AzureWebJobsStorage") or None
+        blob_url = env.get("DICOMWEB_BLOB_ACCOUNT_URL") or None
+        blob_conn = env.get("DICOMWEB_BLOB_CONNECTION_STRING") or (None if blob_url else storage)
+        table_url = env.get("DICOMWEB_TABLE_ACCOUNT_URL") or None
+        table_conn = env.get("DICOMWEB_TABLE_CONNECTION_STRING") or (None if table_url else storage)
+        if blob_store == "azure" and not (blob_conn or blob_url):
+            raise SettingsError(
+                "DICOMWEB_BLOB_STORE=azure needs DICOMWEB_BLOB_CONNECTION_STRING, DICOMWEB_BLOB_ACCOUNT_URL"
+                " or AzureWebJobsStorage"
+            )
+        if index == "table" and not (table_conn or table_url):
+            raise SettingsError(
+                "DICOMWEB_INDEX=table needs DICOMWEB_TABLE_CONNECTION_STRING, DICOMWEB_TABLE_ACCOUNT_URL"
+                " or AzureWebJobsStorage"
+            )
         default_limit = _int(env, "DICOMWEB_QIDO_DEFAULT_LIMIT", 100, minimum=1)
         max_limit = _int(env, "DICOMWEB_QIDO_MAX_LIMIT", 1000, minimum=1)
         if default_limit > max_limit:
@@ -75,7 +104,15 @@ class Settings:
         return cls(
             data_dir=data_dir,
             blob_store=blob_store,
+            blob_connection_string=blob_conn,
+            blob_account_url=blob_url,
+            blob_container=env.get("DICOMWEB_BLOB_CONTAINER") or "dicom",
+            create_containers=_bool(env, "DICOMWEB_CREATE_CONTAINERS", True),
+            index=index,
             index_url=index_url,
+            table_connection_string=table_conn,
+            table_account_url=table_url,
+            table_prefix=env.get("DICOMWEB_TABLE_PREFIX") or "dicom",
             partition=env.get("DICOMWEB_PARTITION") or "default",
             max_request_bytes=_int(env, "DICOMWEB_MAX_REQUEST_BYTES", 2 * 1024**3, minimum=1),
             max_parts=_int(env, "DICOMWEB_MAX_PARTS", 10_000, minimum=1),
