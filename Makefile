@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+NODE_STAMP := node_modules/.installed
+
 .PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
@@ -14,10 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Azurite (Azure Storage emulator) for the Azure backend tests; skipped quietly without npm.
+$(NODE_STAMP): package.json package-lock.json
+	if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); fi
+
 run: $(STAMP)
 	$(BIN)/python -m devhost
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -29,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench --baseline orthanc
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .data .pytest_cache .mypy_cache .ruff_cache
