@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ def _settings(data_dir: Path, public_url: str) -> dict[str, str]:
     env.update(
         DICOMWEB_DATA_DIR=str(data_dir),
         DICOMWEB_BLOB_STORE="filesystem",
+        DICOMWEB_INDEX="sql",
         DICOMWEB_INDEX_URL="",
         DICOMWEB_PARTITION="default",
         DICOMWEB_PUBLIC_BASE_URL=public_url,
@@ -121,11 +124,21 @@ def _start(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 @pytest.fixture(scope="session")
-def dev_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
-    """`python -m devhost` over a fresh data directory, up until the session ends."""
-    root = tmp_path_factory.mktemp("devhost")
+def dev_host(request: pytest.FixtureRequest) -> Iterator[DevHost]:
+    """`python -m devhost` over a fresh data directory, up until the session ends.
+
+    The directory is made with `tempfile`, not pytest's `tmp_path_factory`: pytest removes old
+    base temp directories when other sessions of the same user start, which would pull the data
+    out from under a running server when several test sessions run at once. It is kept (and
+    named on stderr) when a test failed, for the server log.
+    """
+    root = Path(tempfile.mkdtemp(prefix="dicomweb-e2e-"))
     data_dir, log = root / "data", root / "devhost.log"
-    process, url = _start(data_dir, log)
+    try:
+        process, url = _start(data_dir, log)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         url = url.rstrip("/")
         origin = re.sub(r"^(http://[^/]+).*$", r"\1", url)
@@ -134,6 +147,10 @@ def dev_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevHost]:
         yield DevHost(url=url, origin=origin, data_dir=data_dir, log=log)
     finally:
         _stop(process)
+        if request.session.testsfailed:
+            print(f"\ndev host data and log kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,25 @@ def test_store_instances_with_new_and_duplicate_parts_stores_the_new_ones(
     client.delete_study(fresh.StudyInstanceUID)
 
 
+def test_store_instances_to_a_study_refuses_instances_of_another_study(
+    client: DICOMwebClient, dev_host: DevHost
+) -> None:
+    study = generate_uid()
+    mine, other = samples.read("ct/ct2_series/CT2_17106.dcm"), samples.read("ct/ct2_series/CT2_17136.dcm")
+    for ds, study_uid in ((mine, study), (other, generate_uid())):
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    response = client.store_instances([mine, other], study_instance_uid=study)
+    assert response.RetrieveURL == f"{dev_host.url}/studies/{study}"
+    (stored,) = response.ReferencedSOPSequence
+    assert stored.ReferencedSOPInstanceUID == mine.SOPInstanceUID
+    (failed,) = response.FailedSOPSequence
+    assert failed.ReferencedSOPInstanceUID == other.SOPInstanceUID
+    assert failed.FailureReason == samples.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert client.search_for_studies(search_filters={"StudyInstanceUID": other.StudyInstanceUID}) == []
+    client.delete_study(study)
+
+
 # --- QIDO-RS -------------------------------------------------------------------------------------
 def _grouped(corpus: Corpus, keyword: str) -> dict[str, list[Dataset]]:
     groups: dict[str, list[Dataset]] = defaultdict(list)
