@@ -13,34 +13,19 @@ import numpy as np
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.e2e import samples
 from tests.e2e.conftest import Corpus, DevHost
+from tests.e2e.wire import ACCEPT_AS_STORED, instance_url, raw_parts
 
 pytestmark = pytest.mark.e2e
 
 AS_STORED = (("application/dicom", "*"),)
 EXPLICIT_LE = (("application/dicom", ExplicitVRLittleEndian),)
-ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 STORED_NAMES = [s.name for s in samples.STORED]
 YBR = {"YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 LOSSY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
-
-
-def raw_parts(client: DICOMwebClient, url: str, accept: str) -> tuple[requests.Response, list[bytes]]:
-    """GET `url` with the client's session and split the multipart body with the client's decoder."""
-    response = client._session.get(url, headers={"Accept": accept}, timeout=120)
-    response.raise_for_status()
-    return response, list(client._decode_multipart_message(response, stream=False))
-
-
-def instance_url(dev_host: DevHost, ds: Dataset) -> str:
-    return (
-        f"{dev_host.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 def _members(corpus: Corpus, keyword: str, uid: str) -> list[str]:
@@ -53,7 +38,7 @@ def test_retrieve_instance_as_stored_is_byte_identical_to_what_was_sent(
     client: DICOMwebClient, corpus: Corpus, dev_host: DevHost, name: str
 ) -> None:
     ds = corpus.dataset(name)
-    response, parts = raw_parts(client, instance_url(dev_host, ds), ACCEPT_AS_STORED)
+    response, parts = raw_parts(client, instance_url(dev_host.url, ds), ACCEPT_AS_STORED)
     assert response.headers["content-type"].startswith("multipart/related")
     assert parts == [samples.encoded(name, corpus.samples[name].repair)]
     parsed = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
