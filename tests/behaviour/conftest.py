@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.behaviour import DICOM, DICOM_JSON, Instance, fresh, multipart_body
+from tests.behaviour import DICOM, DICOM_JSON, Instance, multipart_body
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "devhost listening on "
@@ -83,7 +84,7 @@ class Server:
         response = self.store(*instances)
         assert response.status_code == 200, response.text
 
-    def search(self, path: str, params: object = None) -> list[dict[str, object]]:
+    def search(self, path: str, params: Any = None) -> list[dict[str, Any]]:
         response = self.get(path, DICOM_JSON, params=params)
         assert response.status_code == 200, response.text
         result = response.json() if response.content else []
@@ -190,9 +191,3 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
 def server(request: pytest.FixtureRequest, servers: ServerPool) -> Server:
     """The dev host with default settings, for each backend combination."""
     return servers.get(request.param)
-
-
-@pytest.fixture
-def ok_instance() -> Instance:
-    """A small good CT instance with fresh UIDs."""
-    return fresh("ct/CT_small.dcm")
