@@ -27,7 +27,7 @@ READY = "devhost listening on "
 START_TIMEOUT = 60.0
 
 BACKENDS: dict[str, dict[str, str]] = {
-    "files+sqlite": {"DICOMWEB_BLOB_STORE": "filesystem"},
+    "files+sqlite": {"DICOMWEB_BLOB_STORE": "filesystem", "DICOMWEB_INDEX": "sql"},
 }
 """Backend combinations: id -> environment overrides. Later issues add Azurite, PostgreSQL, ..."""
 
@@ -121,7 +121,11 @@ def _start(backend: str, overrides: Mapping[str, str], base: Path) -> Server:
     base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     log_path = base / "devhost.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DICOMWEB_", "DEVHOST_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DICOMWEB_", "DEVHOST_")) and k != "AzureWebJobsStorage"
+    }
     env.update(BASE_ENV)
     env.update(BACKENDS[backend])
     env.update(overrides)
