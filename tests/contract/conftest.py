@@ -4,16 +4,20 @@ A factory is a context manager that takes a fresh working folder and yields `con
 that returns a new client of one and the same store (tests that model several function instances
 call it once per worker). Leaving the context releases what the factory made (engines, containers).
 
-To add an adapter, add one `pytest.param(factory, id="name")` to `BLOB_STORES` or `INDEXES`. A
-factory that needs a service (Azurite, PostgreSQL) calls `pytest.skip(...)` when it is not there,
-and should give every test its own container / database / table so tests stay independent.
+To add an adapter, add one `Backend("name", factory)` to `BLOB_STORES` or `INDEXES`. A factory
+that needs a service gets it from `tests.services` (`azurite()`, `fresh_postgres_database()`: they
+skip, or fail under CI, when it is missing) and gives every test its own container / database /
+table so tests stay independent. Known, reported differences of an index from the reference
+matcher are listed per backend name in test_metadata_index_search.KNOWN_DIFFERENCES.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import pytest
 from sqlalchemy import Engine
@@ -25,8 +29,23 @@ from shared.core.ports import BlobStore, MetadataIndex
 
 ConnectBlobStore = Callable[[], BlobStore]
 ConnectIndex = Callable[[], MetadataIndex]
-BlobStoreFactory = Callable[[Path], AbstractContextManager[ConnectBlobStore]]
-IndexFactory = Callable[[Path], AbstractContextManager[ConnectIndex]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Backend(Generic[T]):
+    """One adapter under test: its name (the test id) and its factory."""
+
+    name: str
+    open: Callable[[Path], AbstractContextManager[Callable[[], T]]]
+
+
+@dataclass(frozen=True, slots=True)
+class NamedIndex:
+    """A module-scoped index: the backend's name (for known, reported differences) and `connect`."""
+
+    name: str
+    connect: ConnectIndex
 
 
 @contextmanager
@@ -51,14 +70,18 @@ def sqlite_index(workdir: Path) -> Iterator[ConnectIndex]:
             engine.dispose()
 
 
-BLOB_STORES = [pytest.param(filesystem_blob_store, id="filesystem")]
-INDEXES = [pytest.param(sqlite_index, id="sqlite")]
+BLOB_STORES: list[Backend[BlobStore]] = [Backend("filesystem", filesystem_blob_store)]
+INDEXES: list[Backend[MetadataIndex]] = [Backend("sqlite", sqlite_index)]
 
 
-@pytest.fixture(params=BLOB_STORES)
+def _params(backends: Sequence[Backend[Any]]) -> list[Any]:
+    return [pytest.param(backend, id=backend.name) for backend in backends]
+
+
+@pytest.fixture(params=_params(BLOB_STORES))
 def connect_blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConnectBlobStore]:
-    factory: BlobStoreFactory = request.param
-    with factory(tmp_path) as connect:
+    backend: Backend[BlobStore] = request.param
+    with backend.open(tmp_path) as connect:
         yield connect
 
 
@@ -67,10 +90,10 @@ def blob_store(connect_blob_store: ConnectBlobStore) -> BlobStore:
     return connect_blob_store()
 
 
-@pytest.fixture(params=INDEXES)
+@pytest.fixture(params=_params(INDEXES))
 def connect_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ConnectIndex]:
-    factory: IndexFactory = request.param
-    with factory(tmp_path) as connect:
+    backend: Backend[MetadataIndex] = request.param
+    with backend.open(tmp_path) as connect:
         yield connect
 
 
@@ -79,11 +102,11 @@ def index(connect_index: ConnectIndex) -> MetadataIndex:
     return connect_index()
 
 
-@pytest.fixture(scope="module", params=INDEXES)
-def connect_module_index(
+@pytest.fixture(scope="module", params=_params(INDEXES))
+def module_index(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ConnectIndex]:
+) -> Iterator[NamedIndex]:
     """One index per adapter for a whole module (the QIDO corpus is loaded once)."""
-    factory: IndexFactory = request.param
-    with factory(tmp_path_factory.mktemp("index")) as connect:
-        yield connect
+    backend: Backend[MetadataIndex] = request.param
+    with backend.open(tmp_path_factory.mktemp(backend.name)) as connect:
+        yield NamedIndex(backend.name, connect)

@@ -12,7 +12,7 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from shared.core.errors import Conflict, NotFound
+from shared.core.errors import Conflict, NotFound, Unavailable
 from shared.core.ports import BlobStore
 from tests.contract.conftest import ConnectBlobStore
 
@@ -118,6 +118,75 @@ def test_a_large_blob_is_written_from_a_stream_and_read_back_exactly(blob_store:
     assert digest.hexdigest() == GeneratedStream(size, seed).sha256()
     for offset, length in [(0, 10), (MB - 3, 7), (10 * MB + 1, 65536 * 3), (size - 1, 1), (size - 100, 100)]:
         assert blob_store.read_range(KEY, offset, length) == GeneratedStream.slice(seed, offset, length)
+
+
+class InterruptedStream(io.RawIOBase):
+    """`size` bytes of 0x5A; after `stop_at` bytes it either fails like a dropped connection, or
+    (with `pause`) signals `paused` and waits for `resume` before it goes on."""
+
+    def __init__(self, size: int, stop_at: int, *, pause: bool = False) -> None:
+        self._left, self._until_stop, self._pause = size, stop_at, pause
+        self.paused, self.resume = threading.Event(), threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._until_stop == 0:
+            if not self._pause:
+                raise ConnectionResetError("the client went away")
+            self.paused.set()
+            assert self.resume.wait(timeout=30)
+            self._until_stop = -1
+        length = min(len(buffer), self._left, self._until_stop if self._until_stop > 0 else self._left)
+        buffer[:length] = b"Z" * length
+        self._left -= length
+        if self._until_stop > 0:
+            self._until_stop -= length
+        return length
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["create", "overwrite"])
+def test_a_blob_being_written_is_not_visible_until_the_put_returns(
+    blob_store: BlobStore, overwrite: bool
+) -> None:
+    if overwrite:
+        blob_store.put(KEY, stream(b"old content"))
+    size = 3 * MB
+    source = InterruptedStream(size, MB + 17, pause=True)
+    with ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(blob_store.put, KEY, cast(BinaryIO, source), overwrite=overwrite)
+        try:
+            assert source.paused.wait(timeout=30)
+            if overwrite:
+                assert read_all(blob_store, KEY) == b"old content"
+                assert list(blob_store.list()) == [KEY]
+            else:
+                with pytest.raises(NotFound):
+                    blob_store.open(KEY)
+                assert list(blob_store.list()) == []
+        finally:
+            source.resume.set()
+        assert writing.result(timeout=60) == size
+    assert read_all(blob_store, KEY) == b"Z" * size
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["create", "overwrite"])
+def test_a_put_whose_source_fails_leaves_nothing_and_a_retry_succeeds(
+    blob_store: BlobStore, overwrite: bool
+) -> None:
+    if overwrite:
+        blob_store.put(KEY, stream(b"old content"))
+    with pytest.raises((OSError, Unavailable)):
+        blob_store.put(KEY, cast(BinaryIO, InterruptedStream(3 * MB, MB + 17)), overwrite=overwrite)
+    if overwrite:
+        assert read_all(blob_store, KEY) == b"old content"
+    else:
+        with pytest.raises(NotFound):
+            blob_store.open(KEY)
+    assert list(blob_store.list()) == ([KEY] if overwrite else [])
+    assert blob_store.put(KEY, stream(b"retry"), overwrite=overwrite) == 5
+    assert read_all(blob_store, KEY) == b"retry"
 
 
 # --- read_range -----------------------------------------------------------------------------------
@@ -244,12 +313,14 @@ def test_a_second_client_sees_the_same_blobs(connect_blob_store: ConnectBlobStor
 # --- concurrency ----------------------------------------------------------------------------------
 
 
-class SlowStream(io.RawIOBase):
-    """`size` copies of one byte, handed out in small reads after all writers have started."""
+class RacingStream(io.RawIOBase):
+    """`size` copies of one byte in small reads. Every writer's first read waits until all have
+    started, and its end of stream until all have read everything, so that the writers race to
+    make their blob visible at the same moment (where a check-then-write store breaks)."""
 
-    def __init__(self, byte: int, size: int, start: threading.Barrier) -> None:
-        self._byte, self._left, self._start = byte, size, start
-        self._started = False
+    def __init__(self, byte: int, size: int, start: threading.Barrier, end: threading.Barrier) -> None:
+        self._byte, self._left, self._start, self._end = byte, size, start, end
+        self._started = self._ended = False
 
     def readable(self) -> bool:
         return True
@@ -258,24 +329,40 @@ class SlowStream(io.RawIOBase):
         if not self._started:
             self._started = True
             self._start.wait(timeout=30)
+        if self._left == 0 and not self._ended:
+            self._ended = True
+            self._end.wait(timeout=30)
         length = min(len(buffer), self._left, 64 * 1024)
         buffer[:length] = bytes([self._byte]) * length
         self._left -= length
         return length
 
+    def finish(self) -> None:
+        """Pass the barriers a writer did not reach by reading (it stopped early, or never read)."""
+        if not self._started:
+            self._started = True
+            self._start.wait(timeout=30)
+        if not self._ended:
+            self._ended = True
+            self._end.wait(timeout=30)
 
+
+@pytest.mark.parametrize("round_", range(5))
 def test_concurrent_create_only_puts_of_one_key_have_exactly_one_winner(
-    connect_blob_store: ConnectBlobStore,
+    connect_blob_store: ConnectBlobStore, round_: int
 ) -> None:
     writers, size = 8, 2 * MB + 1
     clients = [connect_blob_store() for _ in range(writers)]
-    start = threading.Barrier(writers)
+    start, end = threading.Barrier(writers), threading.Barrier(writers)
 
     def put(number: int) -> int | Conflict:
+        source = RacingStream(0x41 + number, size, start, end)
         try:
-            return clients[number].put(KEY, cast(BinaryIO, SlowStream(0x41 + number, size, start)))
+            return clients[number].put(KEY, cast(BinaryIO, source))
         except Conflict as conflict:
             return conflict
+        finally:
+            source.finish()
 
     with ThreadPoolExecutor(writers) as pool:
         results = list(pool.map(put, range(writers)))

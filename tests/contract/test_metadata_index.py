@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,12 @@ STUDY, SERIES, OTHER_SERIES, OTHER_STUDY = uid(1), uid(1, 1), uid(1, 2), uid(2)
 
 
 def record(
-    instance: str | None = None, *, study: str = STUDY, series: str = SERIES, number: int = 1, **kw: object
+    instance: str | None = None,
+    *,
+    study: str = STUDY,
+    series: str = SERIES,
+    number: int | None = 1,
+    **kw: Any,
 ) -> InstanceRecord:
     return make_record(
         InstanceUids(study, series, instance or uid()),
@@ -47,14 +53,14 @@ def keys(hits: list[SearchHit]) -> list[tuple[str, str | None, str | None]]:
     return [(h.study, h.series, h.instance) for h in hits]
 
 
-def visible(index: MetadataIndex, rec: InstanceRecord) -> dict[Level, bool]:
-    """Whether the record's study, series and instance are found by search and find_instances."""
+def visible(index: MetadataIndex, rec: InstanceRecord) -> dict[str, bool]:
+    """Whether the record's study, series and instance are found by search, and by find_instances."""
     u = rec.uids
     return {
-        Level.STUDY: bool(index.search(query(Level.STUDY, f"StudyInstanceUID={u.study}"))),
-        Level.SERIES: bool(index.search(query(Level.SERIES, f"SeriesInstanceUID={u.series}"))),
-        Level.INSTANCE: bool(index.search(query(Level.INSTANCE, f"SOPInstanceUID={u.instance}")))
-        or bool(index.find_instances(u.study, u.series, u.instance)),
+        "study": bool(index.search(query(Level.STUDY, f"StudyInstanceUID={u.study}"))),
+        "series": bool(index.search(query(Level.SERIES, f"SeriesInstanceUID={u.series}"))),
+        "instance": bool(index.search(query(Level.INSTANCE, f"SOPInstanceUID={u.instance}"))),
+        "find": bool(index.find_instances(u.study, u.series, u.instance)),
     }
 
 
@@ -63,8 +69,8 @@ def counts(index: MetadataIndex, study: str) -> tuple[int, int]:
     return hit.attrs["00201206"]["Value"][0], hit.attrs["00201208"]["Value"][0]
 
 
-NOWHERE = {Level.STUDY: False, Level.SERIES: False, Level.INSTANCE: False}
-EVERYWHERE = {Level.STUDY: True, Level.SERIES: True, Level.INSTANCE: True}
+NOWHERE = dict.fromkeys(("study", "series", "instance", "find"), False)
+EVERYWHERE = dict.fromkeys(("study", "series", "instance", "find"), True)
 
 
 # --- begin / commit / abort ---------------------------------------------------------------------
@@ -270,7 +276,7 @@ def test_delete_an_instance_returns_it_and_keeps_its_siblings(
     assert [s.uids.instance for s in index.find_instances(STUDY)] == [
         two_studies[k].uids.instance for k in ("a2", "b1", "b2")
     ]
-    assert visible(index, a1)[Level.INSTANCE] is False
+    assert visible(index, a1) == {"study": True, "series": True, "instance": False, "find": False}
     assert counts(index, STUDY) == (2, 3)
     assert index.delete(STUDY, SERIES, a1.uids.instance) == []
 
