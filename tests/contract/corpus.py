@@ -191,7 +191,8 @@ def build_corpus(seed: int = 20240607) -> Corpus:
         for r in range(rng.choice([1, 1, 2, 2, 3])):
             series = uid(100 + s, r + 1)
             corpus.placeholders[f"R{s}_{r}"] = series
-            modality = MODALITIES[(s + 3 * r) % len(MODALITIES)]
+            # every fifth study has all its series in one modality (listed once in ModalitiesInStudy)
+            modality = MODALITIES[(s + (0 if s % 5 == 0 else 3) * r) % len(MODALITIES)]
             series_kw: dict[str, Any] = {
                 "Modality": modality,
                 "SeriesNumber": r + 1 if (s + r) % 7 else None,

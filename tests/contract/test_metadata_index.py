@@ -348,6 +348,19 @@ def test_a_deleted_instance_can_be_stored_again(
     assert visible(index, again) == EVERYWHERE
 
 
+def test_a_replacement_in_flight_loses_to_a_delete(index: MetadataIndex) -> None:
+    old = record()
+    store(index, old)
+    new = dataclasses.replace(old, version=new_version())
+    pending = index.begin_instance(new, replace=True)
+    assert index.delete(STUDY) == [stored(old)]
+    with pytest.raises(Conflict):
+        index.commit_instance(new, pending)
+    index.abort_instance(pending)
+    assert index.find_instances(STUDY) == []
+    assert visible(index, old) == NOWHERE
+
+
 # --- order ----------------------------------------------------------------------------------------
 
 
