@@ -70,8 +70,38 @@ def sqlite_index(workdir: Path) -> Iterator[ConnectIndex]:
             engine.dispose()
 
 
+@contextmanager
+def azurite_table_index(workdir: Path) -> Iterator[ConnectIndex]:
+    """Fresh tables (a new prefix) on Azurite for every test; dropped afterwards."""
+    import uuid
+
+    from azure.data.tables import TableServiceClient
+
+    from shared.adapters.index_table import TableMetadataIndex
+    from tests.services import azurite
+
+    conn, prefix = azurite(), f"t{uuid.uuid4().hex[:16]}"
+    indexes: list[TableMetadataIndex] = []
+
+    def connect() -> MetadataIndex:
+        indexes.append(TableMetadataIndex.from_connection_string(conn, prefix=prefix))
+        return indexes[-1]
+
+    try:
+        yield connect
+    finally:
+        for index in indexes:
+            index.close()
+        with TableServiceClient.from_connection_string(conn) as service:
+            for name in ("Studies", "Uids", "Keys"):
+                service.delete_table(prefix + name)
+
+
 BLOB_STORES: list[Backend[BlobStore]] = [Backend("filesystem", filesystem_blob_store)]
-INDEXES: list[Backend[MetadataIndex]] = [Backend("sqlite", sqlite_index)]
+INDEXES: list[Backend[MetadataIndex]] = [
+    Backend("sqlite", sqlite_index),
+    Backend("azurite-table", azurite_table_index),
+]
 
 
 def _params(backends: Sequence[Backend[Any]]) -> list[Any]:
