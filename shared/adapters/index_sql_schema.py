@@ -119,6 +119,7 @@ instances = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("partition", "sop_instance_uid", name="uq_instances_uid"),
     Index("ix_instances_series", "series_pk", "status"),
+    Index("ix_instances_uids", "partition", "study_uid", "series_uid"),
     Index("ix_instances_study", "study_pk", "status"),
 )
 

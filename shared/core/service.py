@@ -33,7 +33,20 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 RETRIEVE_URL = "00081190"
 INSTANCE_AVAILABILITY = "00080056"
-_INDEXED = STUDY_TAGS | SERIES_TAGS | INSTANCE_TAGS | {"00201206", "00201208", "00201209", "00080061"}
+# What a search result carries without reading metadata: indexed and computed attributes.
+_SERVED = (
+    STUDY_TAGS
+    | SERIES_TAGS
+    | INSTANCE_TAGS
+    | {
+        "00201206",
+        "00201208",
+        "00201209",
+        "00080061",
+        RETRIEVE_URL,
+        INSTANCE_AVAILABILITY,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +180,14 @@ class DicomwebService:
 
     def _shape(self, hit: SearchHit, query: Query, asked: set[str], base: str) -> DicomJson:
         attrs: dict[str, Any] = dict(hit.attrs)
-        missing = asked - _INDEXED - set(attrs)  # includefield=all returns at least these too
-        if missing:
-            attrs.update(self._attrs_from_metadata(hit, missing))
+        if query.level is Level.INSTANCE:
+            # Study and series results carry what the index keeps of their level (all of the
+            # Patient and Study modules, the series attributes); an instance result may ask for any
+            # attribute of its own, read from its stored metadata. includefield=all returns at
+            # least these too.
+            missing = asked - _SERVED - set(attrs)
+            if missing:
+                attrs.update(self._attrs_from_metadata(hit, missing))
         url = f"{base}/studies/{hit.study}"
         if hit.series:
             url += f"/series/{hit.series}"
