@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.core.model import DicomJson, StoreOutcome, StoreStatus
+from shared.core.model import DicomJson, FailureReason, StoreOutcome, StoreStatus
 
 RETRIEVE_URL = "00081190"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -69,7 +69,9 @@ def build_store_response(base: str, outcomes: Sequence[StoreOutcome], study: str
     if referenced:
         body[REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": referenced}
     warned = any(o.status is StoreStatus.WARNING for o in outcomes)
-    if not referenced:
+    if not referenced and failed and all(o.reason is FailureReason.OUT_OF_RESOURCES for o in outcomes):
+        status = 413  # refused by a configured limit only
+    elif not referenced:
         status = 409
     elif failed or warned:
         status = 202

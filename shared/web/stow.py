@@ -88,29 +88,44 @@ async def _store_multipart(
     reader = MultipartReader(boundary_of(media))
     outcomes: list[StoreOutcome] = []
     spool: BinaryIO | None = None
+    refused: StoreOutcome | None = None  # the part being read is over a limit: its data is skipped
     size = 0
     part_type = ""
     try:
-        async for chunk in request.stream():
-            limits.count(len(chunk))
+        async for received in request.stream():
+            # Bytes up to the request limit are still read, so parts that end before it are stored.
+            allowed = max(0, limits.request - limits.received)
+            chunk = received[:allowed]
+            over = len(received) > allowed
+            limits.received += len(chunk)
             for event in reader.feed(chunk):
                 if isinstance(event, PartStart):
-                    if len(outcomes) >= limits.parts:
-                        raise PayloadTooLarge(f"the request has more than {limits.parts} parts")
                     part_type = (
                         (event.header("content-type") or declared or DICOM).split(";")[0].strip().lower()
                     )
-                    spool, size = _spool(app), 0
-                elif isinstance(event, PartData) and spool is not None:
+                    size, refused = 0, None
+                    if len(outcomes) >= limits.parts:
+                        refused = _over_limit(f"the request has more than {limits.parts} parts")
+                    else:
+                        spool = _spool(app)
+                elif isinstance(event, PartData):
                     size += len(event.data)
-                    if size > limits.instance:
-                        raise PayloadTooLarge(
-                            f"an instance is larger than the limit of {limits.instance} bytes"
+                    if spool is not None and size > limits.instance:
+                        spool.close()
+                        spool = None
+                        refused = _over_limit(
+                            f"the instance is larger than the limit of {limits.instance} bytes"
                         )
-                    spool.write(event.data)
-                elif isinstance(event, PartEnd) and spool is not None:
-                    current, spool = spool, None
-                    outcomes.append(await _part(app, current, size, part_type, study))
+                    if spool is not None:
+                        spool.write(event.data)
+                elif isinstance(event, PartEnd):
+                    if refused is not None:
+                        outcomes.append(refused)
+                    elif spool is not None:
+                        current, spool = spool, None
+                        outcomes.append(await _part(app, current, size, part_type, study))
+            if over:
+                raise _Truncated(outcomes, f"the request is larger than the limit of {limits.request} bytes")
         reader.close()
     finally:
         if spool is not None:
@@ -118,6 +133,19 @@ async def _store_multipart(
     if not outcomes:
         raise BadRequest("the multipart request holds no parts")
     return outcomes
+
+
+class _Truncated(Exception):
+    """The request went over its size limit while streaming: what was stored so far is reported."""
+
+    def __init__(self, outcomes: list[StoreOutcome], message: str) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+        self.message = message
+
+
+def _over_limit(message: str) -> StoreOutcome:
+    return StoreOutcome(StoreStatus.FAILED, reason=FailureReason.OUT_OF_RESOURCES, message=message)
 
 
 async def _part(app: App, spool: BinaryIO, size: int, part_type: str, study: str | None) -> StoreOutcome:
@@ -150,7 +178,12 @@ async def store_instances(request: Request) -> Response:
     if media.type == DICOM:
         outcomes = await _store_single(request, app, limits, study)
     elif media.type == "multipart/related":
-        outcomes = await _store_multipart(request, app, limits, media, study)
+        try:
+            outcomes = await _store_multipart(request, app, limits, media, study)
+        except _Truncated as truncated:
+            # 413, and the store response says which parts were stored before the limit was hit.
+            result = build_store_response(base_url(request, app), truncated.outcomes, study)
+            return json_response(result.body, 413, (*result.warnings, truncated.message))
     else:
         raise UnsupportedMediaType(f'{media.type} is not supported; use multipart/related; type="{DICOM}"')
     result = build_store_response(base_url(request, app), outcomes, study)

@@ -79,3 +79,10 @@ def test_warning_reason_on_stored_with_warnings() -> None:
     body = build_store_response(BASE, [WARN], None).body
     (item,) = body[REFERENCED_SOP_SEQUENCE]["Value"]
     assert item[WARNING_REASON]["Value"] == [0xB000]
+
+
+def test_a_request_refused_only_by_limits_is_413() -> None:
+    limited = StoreOutcome(StoreStatus.FAILED, reason=FailureReason.OUT_OF_RESOURCES, message="too big")
+    assert build_store_response(BASE, [limited], None).status == 413
+    assert build_store_response(BASE, [limited, BAD], None).status == 409
+    assert build_store_response(BASE, [OK, limited], None).status == 202
