@@ -46,7 +46,7 @@ END = "~"  # sorts after every character a key can hold: `lo + END` closes a pre
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,49}")
 CHUNK = 30_000  # characters of ASCII JSON per property (a string property holds 64 KiB as UTF-16)
-MAX_CHUNKS = 28  # an entity holds at most 1 MiB
+MAX_CHUNKS = 15  # 900 KB as UTF-16: an entity holds at most 1 MiB
 BATCH_LIMIT = 100  # operations of one entity group transaction
 _RETRYABLE_BATCH = {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound"}
 
@@ -295,7 +295,16 @@ class Tables:
         batches = [
             ops[i : i + BATCH_LIMIT] for ops in by_partition.values() for i in range(0, len(ops), BATCH_LIMIT)
         ]
-        self.map(lambda ops: self._write_batch(table, ops), batches)
+        self.map(
+            lambda ops: self._write_batch(table, ops) if len(ops) > 1 else self._write_one(table, ops[0]),
+            batches,
+        )
+
+    def _write_one(self, table: str, op: tuple[Any, ...]) -> None:
+        if op[0] == "delete":
+            self.delete(table, op[1]["PartitionKey"], op[1]["RowKey"])
+        else:
+            self.upsert(table, op[1])
 
     def _write_batch(self, table: str, ops: list[tuple[Any, ...]]) -> None:
         with translated():
@@ -304,12 +313,9 @@ class Tables:
             except TableTransactionError as exc:
                 if getattr(exc, "error_code", None) != "ResourceNotFound" and exc.status_code != 404:
                     raise
-                # A row to delete is already gone: write the rest one by one.
+                # A row to delete is already gone: write them one by one.
                 for op in ops:
-                    if op[0] == "delete":
-                        self.delete(table, op[1]["PartitionKey"], op[1]["RowKey"])
-                    else:
-                        self.upsert(table, op[1])
+                    self._write_one(table, op)
 
 
 def replace_op(entity: Entity, etag: str | None) -> tuple[Any, ...]:

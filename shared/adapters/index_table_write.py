@@ -69,16 +69,16 @@ class Scope:
 # --- begin / commit / abort ---------------------------------------------------------------------
 
 
-def _claim(s: Scope, record: InstanceRecord) -> None:
+def _claim(s: Scope, record: InstanceRecord, *, expect: bool = False) -> None:
     """The SOP Instance UID's claim by this study and series (made if missing); Conflict if the UID
-    belongs to another study or series."""
+    belongs to another study or series. `expect`: the claim should exist (read it first)."""
     u = record.uids
     pk = uid_pk(s.partition, u.instance)
-    for _ in range(ATTEMPTS):
-        if s.tables.create(UIDS, {"PartitionKey": pk, "RowKey": CLAIM_RK, "st": u.study, "se": u.series}):
-            return
-        claim = s.tables.get(UIDS, pk, CLAIM_RK)
+    for attempt in range(ATTEMPTS):
+        claim = s.tables.get(UIDS, pk, CLAIM_RK) if expect or attempt else None
         if claim is None:
+            if s.tables.create(UIDS, {"PartitionKey": pk, "RowKey": CLAIM_RK, "st": u.study, "se": u.series}):
+                return
             continue
         if (claim["st"], claim["se"]) != (u.study, u.series):
             raise Conflict("an instance with this SOP Instance UID exists in another study or series")
@@ -137,7 +137,7 @@ def _modalities(attrs: dict[str, Any]) -> list[str]:
 
 def commit(s: Scope, record: InstanceRecord, pending: PendingInstance) -> None:
     u = record.uids
-    _claim(s, record)
+    _claim(s, record, expect=True)  # a concurrent abort of the same UID may have released it
     pk = study_pk(s.partition, u.study)
     keys = (instance_rk(u.series, u.instance), series_rk(u.series), STUDY_RK)
     is_new = pending.replaces is None
