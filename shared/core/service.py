@@ -30,7 +30,7 @@ from shared.core.transcode import transcode_to_explicit_le
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 RETRIEVE_URL = "00081190"
 INSTANCE_AVAILABILITY = "00080056"
 # What a search result carries without reading metadata: indexed and computed attributes.
