@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -11,10 +11,12 @@ from sqlalchemy import Connection, Engine, and_, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from shared.adapters import index_sql_changes as changefeed
 from shared.adapters.index_sql_schema import CREATED, PENDING, instances, make_engine, series, studies
 from shared.adapters.index_sql_schema import name_words as words
 from shared.adapters.index_sql_search import search
 from shared.core.attributes import date_key, name_groups, name_words, time_key
+from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery
 from shared.core.dicomjson import first_value
 from shared.core.errors import Conflict, Unavailable
 from shared.core.model import InstanceRecord, InstanceUids, PendingInstance, SearchHit, StoredInstance
@@ -243,6 +245,8 @@ class SqlMetadataIndex:
             if conn.execute(stmt.values(**values)).rowcount != 1:
                 conn.rollback()
                 raise Conflict("the instance was stored concurrently by another request")
+            action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
+            changefeed.append_change(conn, self._partition, action, uids, pending.version, now)
 
     @staticmethod
     def _write_name_words(conn: Connection, study_pk: int, attrs: dict[str, Any]) -> None:
@@ -325,6 +329,10 @@ class SqlMetadataIndex:
             rows = list(conn.execute(self._select_instances(study, series_uid, instance)))
             if not rows:
                 return []
+            now = _now()
+            for row in rows:
+                uids = InstanceUids(row.study_uid, row.series_uid, row.sop_instance_uid)
+                changefeed.append_change(conn, self._partition, ChangeAction.DELETE, uids, row.version, now)
             ids = [r.id for r in rows]
             for start in range(0, len(ids), 500):
                 conn.execute(delete(instances).where(instances.c.id.in_(ids[start : start + 500])))
@@ -337,3 +345,21 @@ class SqlMetadataIndex:
             conn.execute(delete(words).where(words.c.study_pk.in_(empty)))
             conn.execute(delete(studies).where(studies.c.id.in_(study_pks), ~has_series))
             return [self._stored(r) for r in rows]
+
+    # --- change feed -------------------------------------------------------------------------
+    def read_changes(self, query: ChangeFeedQuery) -> list[ChangeFeedEntry]:
+        with self._tx() as conn:
+            return changefeed.read_changes(conn, self._partition, query)
+
+    def latest_change(self) -> ChangeFeedEntry | None:
+        with self._tx() as conn:
+            return changefeed.latest_change(conn, self._partition)
+
+    def unpublished_changes(self, limit: int = 100) -> list[ChangeFeedEntry]:
+        with self._tx() as conn:
+            return changefeed.unpublished_changes(conn, self._partition, limit)
+
+    def mark_published(self, sequences: Sequence[int]) -> None:
+        if sequences:
+            with self._tx(write=True) as conn:
+                changefeed.mark_published(conn, self._partition, sequences)

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -121,6 +122,26 @@ instances = Table(
     Index("ix_instances_series", "series_pk", "status"),
     Index("ix_instances_uids", "partition", "study_uid", "series_uid"),
     Index("ix_instances_study", "study_pk", "status"),
+)
+
+
+# The change feed: appended in the same transaction as the change; `sequence` is commit order
+# (SQLite serialises writers; on PostgreSQL an advisory lock serialises the appends).
+changes = Table(
+    "changes",
+    metadata,
+    Column("sequence", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("partition", String(64), nullable=False),
+    Column("action", String(8), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("published", Boolean, nullable=False, default=False),
+    Index("ix_changes_time", "partition", "timestamp"),
+    Index("ix_changes_unpublished", "published", "sequence"),
+    sqlite_autoincrement=True,
 )
 
 

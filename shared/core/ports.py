@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol
 
+from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery
 from shared.core.model import InstanceRecord, PendingInstance, SearchHit, StoredInstance
 from shared.core.query import Query
 
@@ -54,5 +55,14 @@ class MetadataIndex(Protocol):
     ) -> list[StoredInstance]:
         """Remove committed instances from the index and return what was removed (for file cleanup)."""
 
+    def read_changes(self, query: ChangeFeedQuery) -> list[ChangeFeedEntry]:
+        """Change feed entries after `query.offset` (a sequence), in sequence order, within the window."""
 
-BlobKeys = Sequence[str]
+    def latest_change(self) -> ChangeFeedEntry | None:
+        """The newest change feed entry."""
+
+    def unpublished_changes(self, limit: int = 100) -> list[ChangeFeedEntry]:
+        """Entries whose event has not been acknowledged by the event queue yet, oldest first."""
+
+    def mark_published(self, sequences: Sequence[int]) -> None:
+        """Record that the events of these entries were published."""

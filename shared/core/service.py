@@ -17,6 +17,7 @@ from pydicom.datadict import tag_for_keyword
 
 from shared.core import transfer_syntax as tsx
 from shared.core.attributes import Level
+from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery, ChangeState
 from shared.core.dicomjson import PIXEL_DATA, absolutize, parse_bulk_path, tag_key
 from shared.core.errors import NotFound
 from shared.core.frames import FrameIndex, decode_frame, read_frame
@@ -207,6 +208,32 @@ class DicomwebService:
             return {}
         doc = self.stored_metadata(found[0])
         return {t: doc[t] for t in tags if t in doc and "BulkDataURI" not in doc[t]}
+
+    # --- change feed -------------------------------------------------------------------------
+    def changes(self, query: ChangeFeedQuery, base: str) -> list[DicomJson]:
+        """The change feed page, each current entry with its metadata when asked for."""
+        return [
+            self._change_json(entry, query.include_metadata, base) for entry in self.index.read_changes(query)
+        ]
+
+    def latest_change(self, base: str, include_metadata: bool = True) -> DicomJson:
+        entry = self.index.latest_change()
+        if entry is None:
+            raise NotFound("the change feed is empty")
+        return self._change_json(entry, include_metadata, base)
+
+    def _change_json(self, entry: ChangeFeedEntry, include_metadata: bool, base: str) -> DicomJson:
+        metadata = None
+        if include_metadata and entry.state is ChangeState.CURRENT:
+            key = instance_blobs(self._partition, entry.uids, entry.version).metadata
+            try:
+                with self.blobs.open(key) as fp:
+                    uids = entry.uids
+                    url = f"{base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}"
+                    metadata = json.loads(absolutize(fp.read(), url))
+            except NotFound:
+                metadata = None  # replaced or deleted since the page was read
+        return entry.to_json(metadata, include_metadata)
 
     # --- delete ------------------------------------------------------------------------------
     def delete(self, study: str, series: str | None = None, instance: str | None = None) -> int:
