@@ -71,6 +71,25 @@ def sqlite_index(workdir: Path) -> Iterator[ConnectIndex]:
 
 
 @contextmanager
+def postgresql_index(workdir: Path) -> Iterator[ConnectIndex]:
+    """A fresh PostgreSQL database per test (tests.services starts a server when none is given)."""
+    from tests.services import fresh_postgres_database
+
+    url = fresh_postgres_database()
+    engines: list[Engine] = []
+
+    def connect() -> MetadataIndex:
+        engines.append(make_engine(url))
+        return SqlMetadataIndex(url, engine=engines[-1])
+
+    try:
+        yield connect
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+@contextmanager
 def azurite_table_index(workdir: Path) -> Iterator[ConnectIndex]:
     """Fresh tables (a new prefix) on Azurite for every test; dropped afterwards."""
     import uuid
@@ -100,6 +119,7 @@ def azurite_table_index(workdir: Path) -> Iterator[ConnectIndex]:
 BLOB_STORES: list[Backend[BlobStore]] = [Backend("filesystem", filesystem_blob_store)]
 INDEXES: list[Backend[MetadataIndex]] = [
     Backend("sqlite", sqlite_index),
+    Backend("postgresql", postgresql_index),
     Backend("azurite-table", azurite_table_index),
 ]
 

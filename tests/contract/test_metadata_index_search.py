@@ -240,7 +240,7 @@ _SQL_DIFFERENCES = {  # every dialect of SqlMetadataIndex (checked on SQLite and
     "ReferringPhysicianName=*James*": _FIRST_VALUE,
     "ReferringPhysicianName=james&fuzzymatching=true": _FIRST_VALUE,
 }
-KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {"sqlite": _SQL_DIFFERENCES}
+KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {"sqlite": _SQL_DIFFERENCES, "postgresql": _SQL_DIFFERENCES}
 
 SCOPED: list[tuple[Level, str, str | None, str]] = [
     (Level.SERIES, "S0", None, ""),
