@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import Settings
-from shared.core.ports import BlobStore, MetadataIndex
+from shared.core.ports import BlobStore, EventQueue, MetadataIndex
 from shared.core.service import DicomwebService
 from shared.core.store import InstanceStore, StorePolicy
 
@@ -25,6 +25,9 @@ class App:
     settings: Settings
     service: DicomwebService
     route_prefix: str
+    inbox: BlobStore  # blob drop: new files here are ingested like a STOW
+    failed: BlobStore  # files that could not be stored, each beside a JSON report
+    events: EventQueue
 
 
 def route_prefix() -> str:
@@ -70,6 +73,41 @@ def build_blob_store(settings: Settings) -> BlobStore:
     return FileSystemBlobStore(settings.data_dir / "blobs")
 
 
+def build_container(settings: Settings, container: str) -> BlobStore:
+    """Another container of the same blob backend (the inbox and the failure container)."""
+    if settings.blob_store == "azure":
+        from shared.adapters.blob_azure import AzureBlobStore
+
+        if settings.blob_connection_string:
+            return AzureBlobStore.from_connection_string(
+                settings.blob_connection_string, container, create_container=settings.create_containers
+            )
+        assert settings.blob_account_url is not None
+        return AzureBlobStore.from_account_url(
+            settings.blob_account_url, container, create_container=settings.create_containers
+        )
+    from shared.adapters.blob_filesystem import FileSystemBlobStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return FileSystemBlobStore(settings.data_dir / container)
+
+
+def build_events(settings: Settings) -> EventQueue:
+    """The event queue: in-process (dev host, tests) or Azure Service Bus."""
+    if settings.events == "servicebus":
+        from shared.adapters.queue_servicebus import ServiceBusEventQueue
+
+        if settings.servicebus_connection_string:
+            return ServiceBusEventQueue.from_connection_string(
+                settings.servicebus_connection_string, settings.events_queue
+            )
+        assert settings.servicebus_namespace is not None
+        return ServiceBusEventQueue.from_namespace(settings.servicebus_namespace, settings.events_queue)
+    from shared.adapters.queue_inprocess import InProcessEventQueue
+
+    return InProcessEventQueue(max_delivery_count=settings.events_max_delivery)
+
+
 def build_index(settings: Settings) -> MetadataIndex:
     """The metadata index the settings name."""
     if settings.index == "table":
@@ -100,7 +138,14 @@ def build(settings: Settings) -> App:
         bulk_data_threshold=settings.bulk_data_threshold,
     )
     service = DicomwebService(blobs, index, InstanceStore(blobs, index, policy), settings.partition)
-    return App(settings, service, route_prefix())
+    return App(
+        settings,
+        service,
+        route_prefix(),
+        inbox=build_container(settings, settings.inbox_container),
+        failed=build_container(settings, settings.failed_container),
+        events=build_events(settings),
+    )
 
 
 def get_app() -> App:

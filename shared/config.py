@@ -67,6 +67,14 @@ class Settings:
     overwrite_existing: bool
     spool_memory_bytes: int
     public_base_url: str | None
+    inbox_container: str  # blob drop: files written here are ingested like a STOW
+    failed_container: str  # ... and those that cannot be stored are moved here with a JSON report
+    events: str  # "inprocess" (dev host, tests) or "servicebus"
+    servicebus_connection_string: str | None
+    servicebus_namespace: str | None  # fully qualified namespace, managed identity
+    events_queue: str
+    events_max_delivery: int
+    study_quiet_seconds: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +105,16 @@ class Settings:
                 "DICOMWEB_INDEX=table needs DICOMWEB_TABLE_CONNECTION_STRING, DICOMWEB_TABLE_ACCOUNT_URL"
                 " or AzureWebJobsStorage"
             )
+        events = (env.get("DICOMWEB_EVENTS") or "inprocess").strip().lower()
+        if events not in {"inprocess", "servicebus"}:
+            raise SettingsError(f"DICOMWEB_EVENTS must be 'inprocess' or 'servicebus', got {events!r}")
+        sb_conn = env.get("DICOMWEB_SERVICEBUS_CONNECTION_STRING") or None
+        sb_namespace = env.get("DICOMWEB_SERVICEBUS_NAMESPACE") or None
+        if events == "servicebus" and not (sb_conn or sb_namespace):
+            raise SettingsError(
+                "DICOMWEB_EVENTS=servicebus needs DICOMWEB_SERVICEBUS_CONNECTION_STRING"
+                " or DICOMWEB_SERVICEBUS_NAMESPACE"
+            )
         default_limit = _int(env, "DICOMWEB_QIDO_DEFAULT_LIMIT", 100, minimum=1)
         max_limit = _int(env, "DICOMWEB_QIDO_MAX_LIMIT", 1000, minimum=1)
         if default_limit > max_limit:
@@ -123,4 +141,12 @@ class Settings:
             overwrite_existing=_bool(env, "DICOMWEB_OVERWRITE_EXISTING", False),
             spool_memory_bytes=_int(env, "DICOMWEB_SPOOL_MEMORY_BYTES", 8 * 1024**2, minimum=0),
             public_base_url=(env.get("DICOMWEB_PUBLIC_BASE_URL") or None),
+            inbox_container=env.get("DICOMWEB_INBOX_CONTAINER") or "inbox",
+            failed_container=env.get("DICOMWEB_FAILED_CONTAINER") or "inbox-failed",
+            events=events,
+            servicebus_connection_string=sb_conn,
+            servicebus_namespace=sb_namespace,
+            events_queue=env.get("DICOMWEB_EVENTS_QUEUE") or "dicom-events",
+            events_max_delivery=_int(env, "DICOMWEB_EVENTS_MAX_DELIVERY", 10, minimum=1),
+            study_quiet_seconds=_int(env, "DICOMWEB_STUDY_QUIET_SECONDS", 300, minimum=1),
         )

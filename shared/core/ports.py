@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery
+from shared.core.events import DicomEvent
 from shared.core.model import InstanceRecord, PendingInstance, SearchHit, StoredInstance
 from shared.core.query import Query
 
@@ -66,3 +67,10 @@ class MetadataIndex(Protocol):
 
     def mark_published(self, sequences: Sequence[int]) -> None:
         """Record that the events of these entries were published."""
+
+
+class EventQueue(Protocol):
+    def publish(self, events: Sequence[DicomEvent]) -> None:
+        """Send the events in order; return only once the queue has accepted them all.
+
+        Raises Unavailable when it cannot: the change feed still holds them, to publish later."""
