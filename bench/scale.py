@@ -44,6 +44,7 @@ from shared.core.store import InstanceStore
 
 log = logging.getLogger("bench.scale")
 BASE = "http://bench/dicomweb"
+TABLE_MAX = 110_000
 
 
 class NoBlobs:
@@ -53,7 +54,7 @@ class NoBlobs:
         raise RuntimeError(f"QIDO-RS touched the blob store ({name})")
 
 
-def _search(index: MetadataIndex, planned: PlannedQuery) -> list[SearchHit]:
+def index_search(index: MetadataIndex, planned: PlannedQuery) -> list[SearchHit]:
     query = parse_query(
         planned.level, planned.params, study_uid=planned.study_uid, series_uid=planned.series_uid
     )
@@ -144,7 +145,7 @@ def run_kind(
         timed = number >= warmup
         try:
             started = time.perf_counter()
-            hits = _search(index, planned)
+            hits = index_search(index, planned)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
             docs = _shaped(service, planned)
@@ -233,19 +234,12 @@ def run_sql_backend(backend: str, archive: Archive, truth: Truth, args: argparse
             slowest = measured.pop("slowest")
             if slowest is not None:
                 with statements.capture() as captured:
-                    _search(index, slowest)
+                    index_search(index, slowest)
                 measured["explain"] = explain(engine, captured)
                 measured["explained_params"] = "&".join(f"{k}={v}" for k, v in slowest.params)[:300]
-            target = KINDS[kind].target_ms
-            p95 = measured["adapter_ms"]["p95"]
-            measured["target_ms"] = target
-            measured["met"] = p95 is not None and p95 < target and not measured["failures"]
+            _judge(kind, measured)
             result["queries"][kind] = measured
-            log.info(
-                "%s %-20s p50 %7s p95 %7s ms (service p95 %s) results %s failures %d",
-                backend, kind, measured["adapter_ms"]["p50"], p95,
-                measured["service_ms"]["p95"], measured["mean_results"], measured["failures"],
-            )  # fmt: skip
+            _log_kind(backend, kind, measured)
         engine.dispose()
     finally:
         if backend == "postgresql" and not args.keep:
@@ -255,6 +249,66 @@ def run_sql_backend(backend: str, archive: Archive, truth: Truth, args: argparse
         else:
             result["kept"] = url
     return result
+
+
+def run_table_backend(archive: Archive, truth: Truth, args: argparse.Namespace) -> dict[str, Any]:
+    """The Azure Table index on Azurite (in memory: 100k instances at most)."""
+    if archive.instances > TABLE_MAX:
+        return {"skipped": f"Azurite keeps every row in memory: the Table backend runs up to {TABLE_MAX}"}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from azure.data.tables import TableServiceClient
+
+    from bench.scale_table import load_table
+    from shared.adapters.index_table import TableMetadataIndex
+    from tests import services
+
+    try:
+        conn = services.azurite()
+    except BaseException as exc:  # pytest.skip outside pytest: no Azurite
+        raise RuntimeError(f"Azurite is not available: {exc}") from None
+    prefix = f"scale{int(time.time())}"
+    index = TableMetadataIndex.from_connection_string(conn, prefix=prefix)
+    result: dict[str, Any] = {}
+    try:
+
+        def progress(done: int, seconds: float) -> None:
+            log.info("table: %d instances in %.0f s (%.0f/s)", done, seconds, done / seconds)
+
+        stats = load_table(archive, index, progress=progress)
+        result["load"] = stats.as_json()
+        service = DicomwebService(cast(BlobStore, NoBlobs()), index, cast(InstanceStore, None), "default")
+        result["queries"] = {}
+        for kind in args.kinds:
+            queries = build_queries(archive, kind, args.runs + args.warmup, args.seed, truth)
+            measured = run_kind(index, service, queries, args.warmup)
+            slowest = measured.pop("slowest")
+            if slowest is not None:
+                measured["explained_params"] = "&".join(f"{k}={v}" for k, v in slowest.params)[:300]
+            _judge(kind, measured)
+            result["queries"][kind] = measured
+            _log_kind("table", kind, measured)
+    finally:
+        index.close()
+        if not args.keep:
+            with TableServiceClient.from_connection_string(conn) as client:
+                for name in ("Studies", "Uids", "Keys"):
+                    client.delete_table(prefix + name)
+    return result
+
+
+def _judge(kind: str, measured: dict[str, Any]) -> None:
+    target = KINDS[kind].target_ms
+    p95 = measured["adapter_ms"]["p95"]
+    measured["target_ms"] = target
+    measured["met"] = p95 is not None and p95 < target and not measured["failures"]
+
+
+def _log_kind(backend: str, kind: str, measured: dict[str, Any]) -> None:
+    log.info(
+        "%s %-20s p50 %7s p95 %7s ms (service p95 %s) results %s failures %d",
+        backend, kind, measured["adapter_ms"]["p50"], measured["adapter_ms"]["p95"],
+        measured["service_ms"]["p95"], measured["mean_results"], measured["failures"],
+    )  # fmt: skip
 
 
 def table(document: dict[str, Any]) -> str:
@@ -285,7 +339,7 @@ def table(document: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     parser.add_argument("--instances", default="100000", help="comma-separated archive sizes")
-    parser.add_argument("--backends", default="sqlite,postgresql", help="sqlite, postgresql")
+    parser.add_argument("--backends", default="sqlite,postgresql", help="sqlite, postgresql, table")
     parser.add_argument("--quick", action="store_true", help="10 runs per query kind (default 50)")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=3)
@@ -300,8 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.kinds = [k.strip() for k in args.only.split(",") if k.strip()]
     if any(k not in KINDS for k in args.kinds):
         parser.error(f"query kinds must be among {list(KINDS)}")
-    if any(b not in ("sqlite", "postgresql") for b in args.backends):
-        parser.error("backends must be among sqlite, postgresql")
+    if any(b not in ("sqlite", "postgresql", "table") for b in args.backends):
+        parser.error("backends must be among sqlite, postgresql, table")
     args.runs = args.runs or (10 if args.quick else 50)
     return args
 
@@ -339,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         document["sizes"][str(size)] = per_size
         for backend in args.backends:
             try:
-                per_size["backends"][backend] = run_sql_backend(backend, archive, truth, args)
+                if backend == "table":
+                    per_size["backends"][backend] = run_table_backend(archive, truth, args)
+                else:
+                    per_size["backends"][backend] = run_sql_backend(backend, archive, truth, args)
             except Exception as exc:
                 log.exception("%s failed", backend)
                 per_size["backends"][backend] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -11,9 +11,10 @@ import pydicom
 import pytest
 from sqlalchemy import create_engine, select
 
+from bench.scale import index_search
 from bench.scale_archive import FIRST_DATE, MODALITIES, Archive, instance_elements, to_dataset, to_json
 from bench.scale_load import load_sql
-from bench.scale_queries import KINDS, build_queries
+from bench.scale_queries import KINDS, Truth, build_queries
 from shared.adapters.blob_filesystem import FileSystemBlobStore
 from shared.adapters.index_sql import SqlMetadataIndex
 from shared.adapters.index_sql_schema import instances, name_words, series, studies
@@ -143,3 +144,24 @@ def test_expected_study_counts_agree_with_the_reference_matcher(archive: Archive
         query = parse_query(Level.STUDY, planned.params)
         total = _truth_count(archive, query)
         assert planned.expected == max(0, min(query.limit, total - query.offset))
+
+
+def test_the_table_bulk_loader_leaves_an_index_that_answers_every_query_kind() -> None:
+    from bench.scale_table import load_table
+    from shared.adapters.index_table import TableMetadataIndex
+    from tests import services
+
+    small = Archive(seed=9, target=400)
+    index = TableMetadataIndex.from_connection_string(services.azurite(), prefix=f"t{small.uids.uid(0)[-8:]}")
+    try:
+        stats = load_table(small, index)
+        assert stats.instances == small.instances
+        truth = Truth(small)
+        for kind in KINDS:
+            for planned in build_queries(small, kind, count=4, seed=2, truth=truth):
+                found = index_search(index, planned)
+                assert len(found) == planned.expected, (kind, planned.params)
+        study = small.studies[0]
+        assert len(index.find_instances(study.uid)) == study.instance_count
+    finally:
+        index.close()
