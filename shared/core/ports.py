@@ -6,6 +6,7 @@ Adapters translate their vendor's errors into the core's (`NotFound`, `Conflict`
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery
@@ -67,6 +68,14 @@ class MetadataIndex(Protocol):
 
     def mark_published(self, sequences: Sequence[int]) -> None:
         """Record that the events of these entries were published."""
+
+    def quiet_studies(self, cutoff: datetime, limit: int) -> list[tuple[str, int, datetime]]:
+        """Studies whose last change is older than `cutoff` and not announced stable since it.
+
+        Each as (study UID, its last change's sequence, that change's time), oldest change first."""
+
+    def mark_study_stable(self, study: str, sequence: int) -> None:
+        """Record that the study was announced stable as of its change `sequence` (never lowers it)."""
 
 
 class EventQueue(Protocol):
