@@ -139,9 +139,13 @@ class _Value:
     length: int
 
 
-def index_frames(fp: BinaryIO) -> FrameIndex:
-    """Index the frames of a stored Part 10 file (seekable, positioned anywhere)."""
-    header = _read_header(fp)
+def index_frames(fp: BinaryIO, parsed: tuple[Dataset, int] | None = None) -> FrameIndex:
+    """Index the frames of a stored Part 10 file (seekable, positioned anywhere).
+
+    `parsed` is the header the caller already read with `dcmread(fp, stop_before_pixels=True)` and
+    the position it stopped at, so the header is parsed once per store.
+    """
+    header = _read_header(fp, parsed)
     ts = tsx.get(header.transfer_syntax)
     if ts is not None and ts.deflated:
         return _index_deflated(fp, header)
@@ -256,13 +260,17 @@ def _decode_encapsulated(fp: BinaryIO, header: _Header, number: int) -> bytes:
     return bytes(np.ascontiguousarray(array, dtype=dtype).tobytes())
 
 
-def _read_header(fp: BinaryIO) -> _Header:
+def _read_header(fp: BinaryIO, parsed: tuple[Dataset, int] | None = None) -> _Header:
     """Read everything before the pixel data; fp is left at the Pixel Data tag (or at the end)."""
-    fp.seek(0)
-    try:
-        ds = dcmread(fp, stop_before_pixels=True, force=True)
-    except Exception as exc:  # pydicom raises many kinds of errors on broken files
-        raise PixelDataError("the file cannot be parsed as a DICOM data set") from exc
+    if parsed is not None:
+        ds, position = parsed
+        fp.seek(position)
+    else:
+        fp.seek(0)
+        try:
+            ds = dcmread(fp, stop_before_pixels=True, force=True)
+        except Exception as exc:  # pydicom raises many kinds of errors on broken files
+            raise PixelDataError("the file cannot be parsed as a DICOM data set") from exc
     uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     implicit, little = ds.original_encoding
     if implicit is None or little is None:

@@ -62,10 +62,11 @@ def _text(value: object) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _read_header(fp: BinaryIO) -> Dataset:
+def _read_header(fp: BinaryIO) -> tuple[Dataset, int]:
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        position = fp.tell()  # at the Pixel Data element (or the end): where frame indexing resumes
     except InvalidDicomError:
         raise _Rejected(
             FailureReason.CANNOT_UNDERSTAND,
@@ -74,7 +75,7 @@ def _read_header(fp: BinaryIO) -> Dataset:
     except Exception as exc:  # pydicom raises many types for damaged data
         log.debug("header parse failed: %s", type(exc).__name__)
         raise _Rejected(FailureReason.CANNOT_UNDERSTAND, "the DICOM header could not be parsed") from None
-    return ds
+    return ds, position
 
 
 def _validate(ds: Dataset, expected_study: str | None) -> tuple[InstanceUids, str, str]:
@@ -155,7 +156,7 @@ class InstanceStore:
     def store_instance(self, fp: BinaryIO, size: int, *, expected_study: str | None = None) -> StoreOutcome:
         """Store one spooled instance (a seekable file holding exactly its bytes)."""
         try:
-            ds = _read_header(fp)
+            ds, position = _read_header(fp)
             sop_class = _text(ds.get("SOPClassUID")) or None
             sop_instance = _text(ds.get("SOPInstanceUID")) or None
         except _Rejected as rejected:
@@ -168,9 +169,8 @@ class InstanceStore:
             )
         try:
             uids, sop_class_uid, transfer_syntax = _validate(ds, expected_study)
-            fp.seek(0)
             try:
-                frames = index_frames(fp)
+                frames = index_frames(fp, (ds, position))
             except PixelDataError as exc:
                 raise _Rejected(FailureReason.CANNOT_UNDERSTAND, str(exc)) from None
             doc = _metadata(ds, frames, self._policy.bulk_data_threshold)
