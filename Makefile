@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run run-azurite test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ $(NODE_STAMP): package.json package-lock.json
 run: $(STAMP)
 	$(BIN)/python -m devhost
 
+# The same server on Azurite: blobs in Azure Blob Storage and the index in Azure Table Storage
+# (INDEX=sql keeps the index in SQLite; DICOMWEB_INDEX_URL=postgresql://... puts it in PostgreSQL).
+AZURITE_CONN := UseDevelopmentStorage=true
+run-azurite: $(STAMP) $(NODE_STAMP)
+	mkdir -p .azurite
+	node_modules/.bin/azurite --silent --disableTelemetry --skipApiVersionCheck --location .azurite \
+	  --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 & AZURITE=$$!; \
+	trap "kill $$AZURITE" EXIT INT TERM; sleep 2; \
+	DICOMWEB_BLOB_STORE=azure DICOMWEB_INDEX=$${INDEX:-table} AzureWebJobsStorage="$(AZURITE_CONN)" \
+	  $(BIN)/python -m devhost
+
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
@@ -35,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench --baseline orthanc
 
 clean:
-	rm -rf $(VENV) node_modules .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .data .azurite .pytest_cache .mypy_cache .ruff_cache
