@@ -121,7 +121,9 @@ instances = Table(
     UniqueConstraint("partition", "sop_instance_uid", name="uq_instances_uid"),
     Index("ix_instances_series", "series_pk", "status"),
     Index("ix_instances_uids", "partition", "study_uid", "series_uid"),
-    Index("ix_instances_study", "study_pk", "status"),
+    # series_pk too: the per-study counts of a study search (count(DISTINCT series_pk), count(*))
+    # are then served from the index alone, with no read of the wide instance rows.
+    Index("ix_instances_study_series", "study_pk", "status", "series_pk"),
 )
 
 
@@ -142,6 +144,17 @@ changes = Table(
     Index("ix_changes_time", "partition", "timestamp"),
     Index("ix_changes_unpublished", "published", "sequence"),
     sqlite_autoincrement=True,
+)
+
+# Study-stable announcements (index_sql_stability): per study, the change sequence it was last
+# announced stable at. The row with study_uid "" (never a UID) holds the partition's watermark: every
+# change up to it is settled, so the search for quiet studies reads only the changes after it.
+study_stability = Table(
+    "study_stability",
+    metadata,
+    Column("partition", String(64), primary_key=True),
+    Column("study_uid", String(64), primary_key=True),
+    Column("announced_sequence", BigInteger, nullable=False),
 )
 
 
