@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared.adapters import index_sql_changes as changefeed
+from shared.adapters import index_sql_stability as stability
 from shared.adapters.index_sql_schema import CREATED, PENDING, instances, make_engine, series, studies
 from shared.adapters.index_sql_schema import name_words as words
 from shared.adapters.index_sql_search import search
@@ -363,3 +364,12 @@ class SqlMetadataIndex:
         if sequences:
             with self._tx(write=True) as conn:
                 changefeed.mark_published(conn, self._partition, sequences)
+
+    # --- study-stable debounce ---------------------------------------------------------------
+    def quiet_studies(self, cutoff: datetime, limit: int) -> list[tuple[str, int, datetime]]:
+        with self._tx(write=True) as conn:  # write: it may move the watermark
+            return stability.quiet_studies(conn, self._partition, cutoff, limit)
+
+    def mark_study_stable(self, study: str, sequence: int) -> None:
+        with self._tx(write=True) as conn:
+            stability.mark_study_stable(conn, self._partition, study, sequence)
