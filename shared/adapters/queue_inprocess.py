@@ -5,6 +5,12 @@ subscribed handler (the dev host subscribes the Service Bus-triggered functions)
 raises gets the message again (delivery count + 1, with a short back-off), and after
 `max_delivery_count` failed deliveries the message is dead-lettered. A message id seen recently is
 dropped (duplicate detection), so republishing a change's event is harmless.
+
+While nobody subscribes (a host with no queue-triggered function, a test that only publishes), at
+most `max_unsubscribed` messages are held: past that the OLDEST are dropped, with one warning. That
+loses nothing durable - the change feed in the index keeps every change, and GET /changefeed
+serves it - and it keeps the newest, which describe the current state of a study (and the latest
+study-stable events). A dropped message's id is forgotten, so publishing it again is accepted.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from shared.core.events import DicomEvent
 log = logging.getLogger(__name__)
 
 _DUPLICATE_WINDOW = 100_000
+MAX_UNSUBSCRIBED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +47,17 @@ Handler = Callable[[InProcessMessage], None]
 
 
 class InProcessEventQueue:
-    def __init__(self, max_delivery_count: int = 10, retry_delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        max_delivery_count: int = 10,
+        retry_delay: float = 0.05,
+        max_unsubscribed: int = MAX_UNSUBSCRIBED,
+    ) -> None:
         self.max_delivery_count = max_delivery_count
         self._retry_delay = retry_delay
+        self._max_unsubscribed = max_unsubscribed
+        self.dropped = 0  # messages dropped while nobody subscribed
+        self._warned = False
         self._pending: deque[InProcessMessage] = deque()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dead: list[InProcessMessage] = []
@@ -68,7 +83,26 @@ class InProcessEventQueue:
                         application_properties={"type": event.type, "studyInstanceUid": event.study},
                     )
                 )
+            if self._handler is None:
+                self._bound()
             self._cond.notify_all()
+
+    def _bound(self) -> None:
+        """Nobody subscribes: drop the oldest messages over the bound (the change feed keeps them)."""
+        excess = len(self._pending) - self._max_unsubscribed
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            dropped = self._pending.popleft()
+            self._seen.pop(dropped.message_id, None)
+        self.dropped += excess
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "no subscriber: the in-process queue keeps only the newest %d events (the change feed"
+                " keeps every change)",
+                self._max_unsubscribed,
+            )
 
     # --- the consumer side (dev host, tests) -------------------------------------------------
     def subscribe(self, handler: Handler) -> None:
