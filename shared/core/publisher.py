@@ -1,0 +1,102 @@
+"""Publishing the change feed as events: after each change, on a timer, and once a study is quiet.
+
+The change feed in the index is the source of truth. An entry stays "unpublished" until the event
+queue has accepted its event, so a crash or a queue outage between the commit and the publish loses
+nothing: the next call (after the next request, or the timer) publishes it. Delivery is therefore
+at least once; event ids are stable, so a republished event is a duplicate that Service Bus duplicate
+detection and consumers drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+from shared.core.events import event_for, study_stable_event
+from shared.core.ports import EventQueue, MetadataIndex
+
+log = logging.getLogger(__name__)
+
+
+class ChangePublisher:
+    """Publishes unpublished change feed entries in sequence order, and study-stable events.
+
+    Thread-safe: one publisher per process runs at a time (a lock). Publishers in other processes
+    may publish the same entries again; that only makes duplicates, which carry the same id.
+    """
+
+    def __init__(self, index: MetadataIndex, queue: EventQueue, *, partition: str = "default") -> None:
+        self._index = index
+        self._queue = queue
+        self._partition = partition
+        self._lock = threading.Lock()
+        self._state = threading.Lock()  # guards the two flags below
+        self._requested = False
+        self._running = False
+
+    def publish_pending(self, limit: int = 500) -> int:
+        """Publish every unpublished entry, oldest first, `limit` at a time; return how many.
+
+        If the queue raises, the error propagates and that batch stays unpublished (the change feed
+        still holds it); batches accepted before it stay published."""
+        published = 0
+        with self._lock:
+            while True:
+                entries = self._index.unpublished_changes(limit)
+                if not entries:
+                    return published
+                self._queue.publish([event_for(entry) for entry in entries])
+                self._index.mark_published([entry.sequence for entry in entries])
+                published += len(entries)
+
+    def publish_after_change(self) -> None:
+        """What the web layer calls after a STOW or delete: publish, never raise, never pile up.
+
+        Calls that arrive while another thread is publishing only ask it to go round once more (so
+        an entry committed meanwhile is not left for the timer), instead of queuing on the lock. A
+        failure is logged by its type only; the timer publishes what is left."""
+        with self._state:
+            self._requested = True
+            if self._running:
+                return
+            self._running = True
+        try:
+            while True:
+                with self._state:
+                    if not self._requested:
+                        return
+                    self._requested = False
+                self.publish_pending()
+        except Exception as exc:
+            log.warning("events not published now (the timer retries): %s", type(exc).__name__)
+        finally:
+            with self._state:
+                self._running = False
+
+    def announce_stable_studies(
+        self, quiet_seconds: float, now: datetime | None = None, limit: int = 100
+    ) -> int:
+        """Publish one `dicom.study.stable` event for each study whose last change is older than the
+        quiet period and that was not announced since that change; return how many.
+
+        Debounced by the index: a study stored as 500 instances is announced once, after its last
+        instance; a later change makes it eligible again, after its own quiet period. The event's
+        time is that of the study's last change, so a republished event is identical. If the queue
+        raises, the error propagates and the studies not yet announced are announced next time."""
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(seconds=quiet_seconds)
+        announced = 0
+        with self._lock:
+            while True:
+                quiet = self._index.quiet_studies(cutoff, limit)
+                if not quiet:
+                    return announced
+                events = [
+                    study_stable_event(self._partition, study, sequence, time)
+                    for study, sequence, time in quiet
+                ]
+                self._queue.publish(events)
+                for study, sequence, _time in quiet:
+                    self._index.mark_study_stable(study, sequence)
+                announced += len(quiet)
