@@ -496,38 +496,62 @@ def test_the_shell_publishes_pending_events_after_a_store(
     assert publisher.calls == calls  # and a failing publisher never fails the ingestion
 
 
-def test_the_registered_blob_function_ingests_an_input_stream(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The function registered in function_app, called as the host calls it."""
+SHELL_SCRIPT = """
+import io, json, sys
+from pathlib import Path
+import pydicom
+from azure.functions.blob import InputStream
+import function_app
+from devhost.discovery import discover
+from shared.bootstrap import get_app
+
+data_dir, name, sample = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+(spec,) = [s for s in discover(function_app.app) if s.name == "ingest_blob"]
+data = sample.read_bytes()
+(data_dir / "inbox" / name).parent.mkdir(parents=True, exist_ok=True)
+(data_dir / "inbox" / name).write_bytes(data)
+blob = InputStream(data=data, name="inbox/" + name, length=len(data), uri="file:///" + name)
+result = spec.user_function(blob)
+ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+found = get_app().service.index.find_instances(str(ds.StudyInstanceUID))
+print(json.dumps({
+    "trigger": {k: str(v) for k, v in spec.trigger.items()},
+    "arg": spec.arg_name,
+    "result": result,
+    "sizes": [f.size for f in found],
+    "left": (data_dir / "inbox" / name).exists(),
+}))
+"""
+
+
+def test_the_registered_blob_function_ingests_an_input_stream(tmp_path: Path) -> None:
+    """The function registered in function_app, called as the host calls it (in a fresh process:
+    a FunctionApp lists its functions only once)."""
     import os
+    import subprocess
+    import sys
 
-    from devhost.discovery import discover
-    from shared import bootstrap
-
-    for key in list(os.environ):
-        if key.startswith("DICOMWEB_") or key == "AzureWebJobsStorage":
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("DICOMWEB_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("DICOMWEB_INBOX_CONTAINER", CONTAINER)
-    bootstrap.reset()
-    try:
-        import function_app
-
-        (spec,) = [s for s in discover(function_app.app) if s.name == "ingest_blob"]
-        assert spec.trigger_type == "blobTrigger"
-        assert spec.trigger["path"] == "%DICOMWEB_INBOX_CONTAINER%/{name}"
-        assert str(spec.trigger["source"]) == "EventGrid"
-        data = sample("ct/CT_small.dcm")
-        name = "sub folder/ct.dcm"
-        (tmp_path / CONTAINER / "sub folder").mkdir(parents=True)
-        (tmp_path / CONTAINER / name).write_bytes(data)
-        blob = InputStream(data=data, name=f"{CONTAINER}/{name}", length=len(data), uri=f"file:///{name}")
-        assert spec.user_function(blob) is None
-        app = bootstrap.get_app()
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        (stored,) = app.service.index.find_instances(str(ds.StudyInstanceUID))
-        assert stored.size == len(data)
-        assert not (tmp_path / CONTAINER / name).exists()
-    finally:
-        bootstrap.reset()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_") and k != "AzureWebJobsStorage"
+    }
+    env.update({"DICOMWEB_DATA_DIR": str(tmp_path), "DICOMWEB_INBOX_CONTAINER": CONTAINER})
+    name = "sub folder/ct ünï.dcm"
+    path = DATA / "ct/CT_small.dcm"
+    run = subprocess.run(
+        [sys.executable, "-c", SHELL_SCRIPT, str(tmp_path), name, str(path)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["trigger"]["type"] == "blobTrigger"
+    assert result["trigger"]["path"] == "%DICOMWEB_INBOX_CONTAINER%/{name}"
+    assert result["trigger"]["connection"] == "AzureWebJobsStorage"
+    assert result["trigger"]["source"] == "EventGrid"
+    assert result["arg"] == "blob"
+    assert result["result"] is None
+    assert result["sizes"] == [path.stat().st_size]
+    assert result["left"] is False
