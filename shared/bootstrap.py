@@ -12,6 +12,7 @@ from pathlib import Path
 
 from shared.config import Settings
 from shared.core.ports import BlobStore, EventQueue, MetadataIndex
+from shared.core.publisher import ChangePublisher
 from shared.core.service import DicomwebService
 from shared.core.store import InstanceStore, StorePolicy
 
@@ -28,6 +29,7 @@ class App:
     inbox: BlobStore  # blob drop: new files here are ingested like a STOW
     failed: BlobStore  # files that could not be stored, each beside a JSON report
     events: EventQueue
+    publisher: ChangePublisher  # change feed -> events: after each STOW and delete, and on a timer
 
 
 def route_prefix() -> str:
@@ -138,13 +140,15 @@ def build(settings: Settings) -> App:
         bulk_data_threshold=settings.bulk_data_threshold,
     )
     service = DicomwebService(blobs, index, InstanceStore(blobs, index, policy), settings.partition)
+    events = build_events(settings)
     return App(
         settings,
         service,
         route_prefix(),
         inbox=build_container(settings, settings.inbox_container),
         failed=build_container(settings, settings.failed_container),
-        events=build_events(settings),
+        events=events,
+        publisher=ChangePublisher(index, events, partition=settings.partition),
     )
 
 
