@@ -49,7 +49,7 @@ def _publish_pending(app: App) -> None:
     """Publish the events of committed changes; a failure here never fails the ingestion (the
     change feed keeps them and the republishing timer sends them later)."""
     publisher = getattr(app, "publisher", None)
-    publish = getattr(publisher, "publish_pending", None)
+    publish = getattr(publisher, "publish_after_change", None) or getattr(publisher, "publish_pending", None)
     if publish is None:
         return
     try:

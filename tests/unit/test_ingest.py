@@ -460,7 +460,7 @@ class _Publisher:
         self.calls = 0
         self.fail = fail
 
-    def publish_pending(self) -> None:
+    def publish_after_change(self) -> None:  # ChangePublisher's hook for the web layer
         self.calls += 1
         if self.fail:
             raise Unavailable("the event queue is unavailable")
@@ -520,6 +520,7 @@ print(json.dumps({
     "result": result,
     "sizes": [f.size for f in found],
     "left": (data_dir / "inbox" / name).exists(),
+    "unpublished": len(get_app().service.index.unpublished_changes()),
 }))
 """
 
@@ -555,3 +556,4 @@ def test_the_registered_blob_function_ingests_an_input_stream(tmp_path: Path) ->
     assert result["result"] is None
     assert result["sizes"] == [path.stat().st_size]
     assert result["left"] is False
+    assert result["unpublished"] == 0  # the change's event went to the event queue
