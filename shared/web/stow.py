@@ -168,6 +168,15 @@ async def _part(app: App, spool: BinaryIO, size: int, part_type: str, study: str
 async def store_instances(request: Request) -> Response:
     """STOW-RS: POST /studies and POST /studies/{study}."""
     app = app_for(request)
+    try:
+        return await _store_instances(request, app)
+    finally:
+        # Once the response is computed: publish the events of what was stored. It never raises;
+        # the change feed keeps what it could not publish for the timer.
+        await run_in_threadpool(app.publisher.publish_after_change)
+
+
+async def _store_instances(request: Request, app: App) -> Response:
     (study,) = uids(request, "study")
     negotiate_request(request, JSON_OFFERS)
     media = _content_type(request)
