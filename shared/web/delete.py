@@ -15,5 +15,8 @@ async def delete(request: Request) -> Response:
     app = app_for(request)
     study, series, instance = uids(request, "study", "series", "instance")
     assert study is not None
-    await run_in_threadpool(app.service.delete, study, series, instance)
-    return Response(status_code=204)
+    try:
+        await run_in_threadpool(app.service.delete, study, series, instance)
+        return Response(status_code=204)
+    finally:
+        await run_in_threadpool(app.publisher.publish_after_change)  # never raises
