@@ -4,6 +4,7 @@ republish is harmless; a study is announced stable once per quiet period after i
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -11,13 +12,20 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pydicom
 import pytest
 from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from shared.adapters.index_sql import SqlMetadataIndex
 from shared.adapters.index_sql_schema import make_engine
 from shared.adapters.queue_inprocess import InProcessEventQueue, InProcessMessage
+from shared.bootstrap import App, build
+from shared.config import Settings
 from shared.core.changefeed import ChangeFeedEntry
 from shared.core.errors import Unavailable
 from shared.core.events import (
@@ -29,6 +37,8 @@ from shared.core.events import (
 )
 from shared.core.model import InstanceRecord, InstanceUids
 from shared.core.publisher import ChangePublisher
+from shared.web import delete as web_delete
+from shared.web import stow as web_stow
 from tests.contract.records import make_record, new_version, uid
 
 
@@ -317,3 +327,77 @@ def test_the_default_now_is_the_current_time(index: SqlMetadataIndex) -> None:
     assert publisher.announce_stable_studies(3600) == 0  # it changed just now
     assert publisher.announce_stable_studies(0.0) == 1  # quiet for zero seconds: now
     assert [e.type for e in consumer.events()] == [STUDY_STABLE]
+
+
+# --- the web layer publishes after each STOW and delete ------------------------------------------
+CT_SMALL = Path(__file__).resolve().parents[1] / "data" / "ct" / "CT_small.dcm"
+
+
+class Client:
+    """The STOW and delete handlers behind Starlette routes, called over ASGI (no server, no thread)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app  # what the handlers see (a test may swap it)
+        self.asgi = Starlette(
+            routes=[
+                Route("/studies", web_stow.store_instances, methods=["POST"]),
+                Route("/studies/{study}", web_delete.delete, methods=["DELETE"]),
+            ]
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.asgi)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.request(method, path, **kwargs)
+
+        return asyncio.run(send())
+
+
+@pytest.fixture
+def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[App, Client]:
+    """An app built from default settings in a temporary folder, and a client of its handlers."""
+    app = build(Settings.from_env({"DICOMWEB_DATA_DIR": str(tmp_path / "data")}))
+    client = Client(app)
+    monkeypatch.setattr(web_stow, "app_for", lambda request: client.app)
+    monkeypatch.setattr(web_delete, "app_for", lambda request: client.app)
+    return app, client
+
+
+def _stow(client: Client) -> str:
+    response = client.request(
+        "POST",
+        "/studies",
+        content=CT_SMALL.read_bytes(),
+        headers={"Content-Type": "application/dicom", "Accept": "application/dicom+json"},
+    )
+    assert response.status_code == 200, response.text
+    return str(pydicom.dcmread(CT_SMALL, stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_a_stow_and_a_delete_publish_their_events_before_answering(web: tuple[App, Client]) -> None:
+    app, client = web
+    queue = app.events
+    assert isinstance(queue, InProcessEventQueue)
+    study = _stow(client)
+    assert [m.subject for m in queue.pending()] == [INSTANCE_CREATED]  # already in the queue
+    assert client.request("DELETE", f"/studies/{study}").status_code == 204
+    assert [m.subject for m in queue.pending()] == [INSTANCE_CREATED, INSTANCE_DELETED]
+    assert app.service.index.unpublished_changes(10) == []
+
+
+def test_a_failing_queue_never_fails_the_request(
+    web: tuple[App, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, client = web
+    inner = app.events
+    assert isinstance(inner, InProcessEventQueue)
+    broken = dataclasses.replace(app, publisher=ChangePublisher(app.service.index, FlakyQueue(inner, {1, 2})))
+    client.app = broken
+    with caplog.at_level(logging.WARNING, logger="shared.core.publisher"):
+        study = _stow(client)
+        assert client.request("DELETE", f"/studies/{study}").status_code == 204
+    assert len(app.service.index.unpublished_changes(10)) == 2  # kept for the timer
+    assert "Unavailable" in caplog.text and study not in caplog.text
+    assert broken.publisher.publish_pending() == 2  # the timer's call: the queue is back
+    assert [m.subject for m in inner.pending()] == [INSTANCE_CREATED, INSTANCE_DELETED]
