@@ -4,26 +4,31 @@ Like `func start`, local.settings.json (repository root) fills the environment f
 `Values` without overriding variables already set, and its `Host.LocalHttpPort` / `Host.CORS`
 are defaults. Environment: DEVHOST_HOST, DEVHOST_PORT, DEVHOST_APP (`module:attr`, default
 `function_app:app`), DEVHOST_CORS_ORIGINS (comma list, default `*`), DEVHOST_LOG_LEVEL
-(default info). Once the socket is bound it prints `devhost listening on http://HOST:PORT/<prefix>`
-(port 0 picks a free port and prints the real one).
+(default info), DEVHOST_TRIGGERS (default on; `off` serves HTTP only: no blob, Service Bus or
+timer triggers; see devhost.triggers for their settings). Once the socket is bound it prints
+`devhost listening on http://HOST:PORT/<prefix>` (port 0 picks a free port and prints the real
+one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from devhost.discovery import discover
 from devhost.routing import read_route_prefix
 from devhost.server import build_asgi_app
 from devhost.settings import DEFAULT_APP, apply_values, load_function_app, read_local_settings
+from devhost.triggers import TriggerHost, triggers_enabled
 
 logger = logging.getLogger("devhost")
 
@@ -79,7 +84,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.path.insert(0, str(REPO_ROOT))
     app = load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
     prefix = read_route_prefix(REPO_ROOT / "host.json")
-    asgi_app = build_asgi_app(app, route_prefix=prefix, cors_origins=_cors_origins(settings.host))
+    triggers = TriggerHost(discover(app)) if triggers_enabled(os.environ) else None
+    if triggers is None:
+        logger.info("DEVHOST_TRIGGERS=off: serving HTTP functions only")
+    asgi_app = build_asgi_app(
+        app, route_prefix=prefix, cors_origins=_cors_origins(settings.host), background=triggers
+    )
     config = uvicorn.Config(
         asgi_app,
         host=args.host,
@@ -89,12 +99,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         lifespan="on",
         workers=1,
     )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C: uvicorn has shut down (lifespan included)
+        _run(_serve(config, prefix))
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
     try:  # uvloop when installed (a dev extra): the loop uvicorn.run itself would pick
         import uvloop
-
-        uvloop.run(_serve(config, prefix))
     except ImportError:
-        asyncio.run(_serve(config, prefix))
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":

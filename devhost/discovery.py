@@ -16,9 +16,21 @@ from typing import Any
 
 import azure.functions as func
 
-__all__ = ["HTTP_TRIGGER", "FunctionSpec", "discover", "http_functions"]
+__all__ = [
+    "BLOB_TRIGGER",
+    "HTTP_TRIGGER",
+    "SERVICE_BUS_TRIGGER",
+    "TIMER_TRIGGER",
+    "FunctionSpec",
+    "discover",
+    "functions_of",
+    "http_functions",
+]
 
 HTTP_TRIGGER = "httpTrigger"
+BLOB_TRIGGER = "blobTrigger"
+SERVICE_BUS_TRIGGER = "serviceBusTrigger"
+TIMER_TRIGGER = "timerTrigger"
 
 _lock = threading.Lock()
 _discovered: weakref.WeakKeyDictionary[func.FunctionApp, tuple[FunctionSpec, ...]] = (
@@ -87,5 +99,10 @@ def discover(app: func.FunctionApp) -> tuple[FunctionSpec, ...]:
         return known
 
 
+def functions_of(specs: tuple[FunctionSpec, ...], trigger_type: str) -> tuple[FunctionSpec, ...]:
+    """The functions with this trigger type, in registration order."""
+    return tuple(spec for spec in specs if spec.trigger_type == trigger_type)
+
+
 def http_functions(specs: tuple[FunctionSpec, ...]) -> tuple[FunctionSpec, ...]:
-    return tuple(spec for spec in specs if spec.trigger_type == HTTP_TRIGGER)
+    return functions_of(specs, HTTP_TRIGGER)

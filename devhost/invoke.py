@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope
 
 from devhost.discovery import FunctionSpec
 
-__all__ = ["call_http_function", "is_classic"]
+__all__ = ["call_function", "call_http_function", "is_classic"]
 
 
 def is_classic(spec: FunctionSpec) -> bool:
@@ -40,7 +40,8 @@ def is_classic(spec: FunctionSpec) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, func.HttpRequest)
 
 
-async def _call(spec: FunctionSpec, argument: Any) -> Any:
+async def call_function(spec: FunctionSpec, argument: Any) -> Any:
+    """Call the user function with its trigger argument: on the loop when async, else in a thread."""
     kwargs = {spec.arg_name: argument}
     if spec.is_async:
         return await spec.user_function(**kwargs)
@@ -55,8 +56,8 @@ async def call_http_function(
     http_scope["path_params"] = dict(path_params)  # before the Request is built, which copies nothing
     request = Request(http_scope, receive)
     if classic:
-        return _from_classic(await _call(spec, await _to_classic(request, path_params)))
-    result = await _call(spec, request)
+        return _from_classic(await call_function(spec, await _to_classic(request, path_params)))
+    result = await call_function(spec, request)
     if not isinstance(result, Response):
         raise TypeError(f"function {spec.name!r} returned {type(result).__name__}, not a Starlette Response")
     return result

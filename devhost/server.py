@@ -2,7 +2,8 @@
 
 Layers, outermost first: one access-log line per request -> CORS (preflight answered here) ->
 `/health` and the function router -> the user function. An unhandled exception is logged with
-its traceback and answered with a bare 500, as the Functions host does.
+its traceback and answered with a bare 500, as the Functions host does. The ASGI lifespan starts
+and stops the background work given (the non-HTTP triggers).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Protocol
 from urllib.parse import quote
 
 import azure.functions as func
@@ -21,7 +23,7 @@ from devhost.discovery import FunctionSpec, discover, http_functions
 from devhost.invoke import call_http_function, is_classic
 from devhost.routing import MethodNotAllowed, Route, Router, RouteTemplate, join_route
 
-__all__ = ["CORS_ALLOW_METHODS", "CORS_EXPOSE_HEADERS", "HEALTH_PATH", "build_asgi_app"]
+__all__ = ["CORS_ALLOW_METHODS", "CORS_EXPOSE_HEADERS", "HEALTH_PATH", "Background", "build_asgi_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,14 @@ def _raw_path(scope: Scope) -> str:
     return quote(str(scope["path"]), safe="/:@!$&'()*+,;=-._~")
 
 
+class Background(Protocol):
+    """Work that lives as long as the server: started at lifespan startup, stopped at shutdown."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class _HttpTarget:
     __slots__ = ("classic", "spec")
 
@@ -49,7 +59,10 @@ class _HttpTarget:
 class FunctionHost:
     """Routes requests to HTTP functions; answers /health, 404, 405 and 500 itself."""
 
-    def __init__(self, specs: Sequence[FunctionSpec], route_prefix: str) -> None:
+    def __init__(
+        self, specs: Sequence[FunctionSpec], route_prefix: str, background: Background | None = None
+    ) -> None:
+        self.background = background
         routes: list[Route[_HttpTarget]] = []
         for spec in specs:
             template_text = join_route(route_prefix, spec.route)
@@ -108,13 +121,24 @@ class FunctionHost:
             # Otherwise the headers are gone: the response stays incomplete and the server
             # drops the connection, so the client cannot mistake a cut body for a whole one.
 
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    if self.background is not None:
+                        await self.background.start()
+                except Exception as error:
+                    logger.exception("the dev host's triggers did not start")
+                    await send({"type": "lifespan.startup.failed", "message": type(error).__name__})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                try:
+                    if self.background is not None:
+                        await self.background.stop()
+                except Exception:
+                    logger.exception("the dev host's triggers did not stop cleanly")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -152,12 +176,20 @@ class AccessLog:
             logger.debug("%s %s %d", scope["method"], _raw_path(scope), status)
 
 
-def build_asgi_app(app: func.FunctionApp, *, route_prefix: str, cors_origins: list[str]) -> ASGIApp:
+def build_asgi_app(
+    app: func.FunctionApp,
+    *,
+    route_prefix: str,
+    cors_origins: list[str],
+    background: Background | None = None,
+) -> ASGIApp:
     """An ASGI app serving the HTTP functions of `app` under `route_prefix` ("" for none).
 
     `cors_origins` lists the browser origins allowed ("*" for any); an empty list turns CORS off.
+    `background` (the non-HTTP triggers, `devhost.triggers.TriggerHost`) starts and stops with
+    the ASGI lifespan.
     """
-    host = FunctionHost(http_functions(discover(app)), route_prefix)
+    host = FunctionHost(http_functions(discover(app)), route_prefix, background)
     inner: ASGIApp = host
     if cors_origins:
         inner = CORSMiddleware(
