@@ -557,3 +557,105 @@ def test_the_registered_blob_function_ingests_an_input_stream(tmp_path: Path) ->
     assert result["sizes"] == [path.stat().st_size]
     assert result["left"] is False
     assert result["unpublished"] == 0  # the change's event went to the event queue
+
+
+# --- upload URLs (signing without a service; tests/contract/test_ingest_azurite.py uses Azurite) --
+FILE_NAMES = [
+    ("scan.dcm", "scan.dcm"),
+    ("C:\\Users\\x\\My Scan (1).dcm", "My_Scan_1_.dcm"),
+    ("../../etc/passwd", "passwd"),
+    ("a/b/.hidden", "hidden"),
+    ("ünïcødé 名前.dcm", "n_c_d_.dcm"),
+    ("...", ""),
+    ("x" * 300 + ".dcm", "x" * 96 + ".dcm"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), FILE_NAMES, ids=[f"case{i}" for i in range(len(FILE_NAMES))])
+def test_a_suggested_file_name_is_sanitised(raw: str, expected: str) -> None:
+    from shared.web.uploads import new_blob_name, safe_file_name
+
+    assert safe_file_name(raw) == expected
+    parts = new_blob_name(raw).split("/")
+    assert parts[0] == "uploads" and len(parts[1].split(".")[0]) == 32
+    if expected:
+        assert len(parts) == 3 and parts[2] == expected  # uploads/<uuid>/<name>
+    else:
+        assert len(parts) == 2 and parts[1].endswith(".dcm")  # uploads/<uuid>.dcm
+    assert new_blob_name(raw) != new_blob_name(raw)  # always a new blob
+
+
+LIFETIMES = [("", 15), ("1", 1), ("60", 60), ("10080", 10080), ("0", None), ("10081", None), ("x", None)]
+
+
+@pytest.mark.parametrize(("raw", "minutes"), LIFETIMES, ids=[f"{r or 'unset'}" for r, _ in LIFETIMES])
+def test_the_upload_url_lifetime_setting(
+    monkeypatch: pytest.MonkeyPatch, raw: str, minutes: int | None
+) -> None:
+    from datetime import timedelta
+
+    from shared.web.uploads import lifetime
+
+    monkeypatch.setenv("DICOMWEB_UPLOAD_SAS_MINUTES", raw)
+    if minutes is None:
+        with pytest.raises(ValueError, match="DICOMWEB_UPLOAD_SAS_MINUTES"):
+            lifetime()
+    else:
+        assert lifetime() == timedelta(minutes=minutes)
+
+
+class _DelegatingService:
+    """What the signer uses of BlobServiceClient when it signs with a user delegation key."""
+
+    account_name = "acct"
+
+    def __init__(self) -> None:
+        self.key_requests: list[tuple[Any, Any]] = []
+
+    def get_user_delegation_key(self, start: Any, end: Any) -> Any:
+        from azure.storage.blob import UserDelegationKey
+
+        self.key_requests.append((start, end))
+        key = UserDelegationKey()
+        key.signed_oid, key.signed_tid = "oid-1", "tid-1"
+        key.signed_start = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+        key.signed_expiry = end.strftime("%Y-%m-%dT%H:%M:%SZ")
+        key.signed_service, key.signed_version = "b", "2021-08-06"
+        key.value = "a2V5LWJ5dGVzLWZvci10ZXN0cw=="
+        return key
+
+    def get_blob_client(self, container: str, blob: str) -> Any:
+        from urllib.parse import quote
+
+        return SimpleNamespace(url=f"https://acct.blob.core.windows.net/{container}/{quote(blob)}")
+
+
+def test_a_managed_identity_signs_a_write_only_user_delegation_sas() -> None:
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import parse_qs, urlsplit
+
+    from shared.adapters.blob_azure_sas import AzureUploadSigner
+
+    service = _DelegatingService()
+    signer = AzureUploadSigner(service, "inbox", account_key=None, create_container=False)  # type: ignore[arg-type]
+    assert signer.kind == "user-delegation"
+    before = datetime.now(UTC)
+    grant = signer.sign_upload("uploads/a b.dcm", timedelta(minutes=15))
+    url = urlsplit(grant.url)
+    assert url.path == "/inbox/uploads/a%20b.dcm"
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert query["sp"] == "cw"  # create and write: no read, list or delete
+    assert query["sr"] == "b"  # one blob
+    assert (query["skoid"], query["sktid"]) == ("oid-1", "tid-1")
+    assert query["se"] == grant.expires_on.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "sig" in query
+    assert timedelta(minutes=14) < grant.expires_on - before <= timedelta(minutes=15)
+    # the key is reused while it outlives the URLs, and fetched again for a longer one
+    signer.sign_upload("uploads/second.dcm", timedelta(minutes=15))
+    assert len(service.key_requests) == 1
+    start, end = service.key_requests[0]
+    assert start < before and end > grant.expires_on
+    signer.sign_upload("uploads/week.dcm", timedelta(days=7))
+    assert len(service.key_requests) == 2
+    with pytest.raises(ValueError):
+        signer.sign_upload("uploads/too-long.dcm", timedelta(days=8))
