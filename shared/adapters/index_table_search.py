@@ -121,7 +121,16 @@ def _study_hit(row: Entity) -> SearchHit:
 
 def search_studies(s: Scope, query: Query) -> list[SearchHit]:
     p = plan(query)
-    found = candidates(s, p, study_conditions(query))
+    conditions = study_conditions(query)
+    if p.kind == "uids":  # the study rows are the candidates: read each once
+        matched: list[tuple[str, Entity]] = []
+        for row in _study_rows(s, list(dict.fromkeys(p.uids))):
+            attrs = attrs_of(row) if row is not None else {}
+            if row is not None and _ok(conditions, study_values(attrs, load_json(row, "mc", {}))):
+                matched.append((order_key(row["st"], study_date(attrs), row["c"]), row))
+        matched.sort(key=lambda pair: pair[0])
+        return [_study_hit(row) for _, row in matched[query.offset : query.offset + query.limit]]
+    found = candidates(s, p, conditions)
     if p.ordered:
         page = list(islice(found, query.offset, query.offset + query.limit))
     else:

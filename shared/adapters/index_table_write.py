@@ -9,6 +9,7 @@ decide again (or answer Conflict where the SQL index does).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -40,12 +41,13 @@ from shared.adapters.index_table_store import (
     load_json,
     replace_op,
 )
-from shared.core.errors import Conflict
+from shared.core.errors import Conflict, Unavailable
 from shared.core.model import InstanceRecord, PendingInstance
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 12
+BUSY_ATTEMPTS = 40  # commits and deletes in one study wait for each other (a STOW of many parts)
 STUDIES, UIDS, KEYS = Tables.STUDIES, Tables.UIDS, Tables.KEYS
 INSTANCE_PROPS = ["se", "sop", "s", "v", "pv", "cls", "ts", "nf", "size", "num", "c"]
 
@@ -56,8 +58,9 @@ def now() -> str:
 
 
 def _backoff(attempt: int) -> None:
+    """Exponential back-off with full jitter, so writers that collided do not collide again."""
     if attempt:
-        time.sleep(min(0.002 * 2**attempt, 0.2))
+        time.sleep(random.uniform(0, min(0.004 * 2**attempt, 0.5)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,7 @@ def commit(s: Scope, record: InstanceRecord, pending: PendingInstance) -> None:
     pk = study_pk(s.partition, u.study)
     keys = (instance_rk(u.series, u.instance), series_rk(u.series), STUDY_RK)
     is_new = pending.replaces is None
-    for attempt in range(ATTEMPTS):
+    for attempt in range(BUSY_ATTEMPTS):
         _backoff(attempt)
         inst, series, study = s.tables.map(lambda rk: s.tables.get(STUDIES, pk, rk), keys)
         if not _is_pending(inst, pending):
@@ -198,7 +201,7 @@ def commit(s: Scope, record: InstanceRecord, pending: PendingInstance) -> None:
         if s.tables.transact(STUDIES, ops) is not None:
             break
     else:
-        raise Conflict("the study is being changed by too many requests; retry")
+        raise Unavailable("the study is being changed by too many requests; retry later")
     if series is None:
         lookup = {
             "PartitionKey": uid_pk(s.partition, u.series),
@@ -287,7 +290,7 @@ def delete(s: Scope, study: str, series: str | None, instance: str | None) -> li
     gone_series: set[str] = set()
     first_study: Entity | None = None
     study_row: Entity | None = None
-    for attempt in range(ATTEMPTS):
+    for attempt in range(BUSY_ATTEMPTS):
         _backoff(attempt)
         study_row = s.tables.get(STUDIES, pk, STUDY_RK)
         first_study = first_study or (dict(study_row) if study_row else None)
@@ -299,7 +302,7 @@ def delete(s: Scope, study: str, series: str | None, instance: str | None) -> li
         if done:
             break
     else:
-        raise Conflict("the study is being changed by too many requests; retry")
+        raise Unavailable("the study is being changed by too many requests; retry later")
     if not removed:
         return []
     s.tables.map(lambda r: _release_claim(s, study, r["se"], r["sop"]), removed)

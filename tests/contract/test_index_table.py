@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -174,6 +175,24 @@ def test_a_study_of_250_instances_is_deleted_in_transactions_of_at_most_100_oper
     assert index.find_instances(study) == []
     assert index.search(query(Level.STUDY)) == []
     assert rows(prefix, "Studies") == [] and rows(prefix, "Uids") == [] and rows(prefix, "Keys") == []
+
+
+def test_concurrent_commits_into_one_study_keep_every_count(prefix: str) -> None:
+    """Each commit changes the study row (optimistic concurrency): losers re-read and retry."""
+    clients = [TableMetadataIndex.from_connection_string(azurite(), prefix=prefix) for _ in range(8)]
+    study, series = uid(), [uid(), uid()]
+    records = [
+        record(study, series[n % 2], InstanceNumber=n, Modality=["CT", "MR"][n % 2]) for n in range(40)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: store(clients[n % 8], records[n]), range(40)))
+    [hit] = clients[0].search(query(Level.STUDY))
+    assert (hit.attrs["00201206"]["Value"], hit.attrs["00201208"]["Value"]) == ([2], [40])
+    assert hit.attrs["00080061"]["Value"] == ["CT", "MR"]
+    assert sorted(h.attrs["00201209"]["Value"][0] for h in clients[1].search(query(Level.SERIES))) == [20, 20]
+    assert len(clients[2].find_instances(study)) == 40
+    for client in clients:
+        client.close()
 
 
 def test_a_series_delete_keeps_the_counts_right_across_batches(index: TableMetadataIndex) -> None:
