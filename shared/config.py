@@ -15,6 +15,21 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+# App settings that trigger bindings name as %SETTING% (the inbox container of the blob trigger,
+# the events queue of Service Bus triggers). The Functions host resolves them from the app settings
+# (infra/ sets them); `apply_binding_defaults` gives the dev host the same embedded defaults.
+BINDING_DEFAULTS = {
+    "DICOMWEB_INBOX_CONTAINER": "inbox",
+    "DICOMWEB_EVENTS_QUEUE": "dicom-events",
+}
+
+
+def apply_binding_defaults(environ: dict[str, str] | os._Environ[str]) -> None:
+    for name, value in BINDING_DEFAULTS.items():
+        if not environ.get(name):
+            environ[name] = value
+
+
 class SettingsError(ValueError):
     """A setting has a value the server cannot use; raised at the first request, named clearly."""
 
