@@ -72,6 +72,12 @@ async def _serve(config: uvicorn.Config, prefix: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     settings = read_local_settings(REPO_ROOT / "local.settings.json")
     applied = apply_values(settings.values, os.environ)
+    # What the Functions host would find in the app settings: the %SETTING% names that trigger
+    # bindings use, with the project's embedded defaults when neither the environment nor
+    # local.settings.json sets them.
+    from shared.config import apply_binding_defaults
+
+    apply_binding_defaults(os.environ)
     args = _parse_args(argv, settings.host)
     log_level = os.environ.get("DEVHOST_LOG_LEVEL", "info").lower()
     logging.basicConfig(
