@@ -401,3 +401,50 @@ def test_a_failing_queue_never_fails_the_request(
     assert "Unavailable" in caplog.text and study not in caplog.text
     assert broken.publisher.publish_pending() == 2  # the timer's call: the queue is back
     assert [m.subject for m in inner.pending()] == [INSTANCE_CREATED, INSTANCE_DELETED]
+
+
+# --- the timer ---------------------------------------------------------------------------------
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def publish_pending(self, limit: int = 500) -> int:
+        self.calls.append(("publish_pending", limit))
+        return 0
+
+    def announce_stable_studies(self, quiet_seconds: float, now: object = None) -> int:
+        self.calls.append(("announce_stable_studies", quiet_seconds))
+        return 0
+
+
+def test_the_events_blueprint_is_one_timer_that_publishes_then_announces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import azure.functions as func
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+    from functions import events
+
+    assert function_app.events is events  # registered by the app (get_functions runs once per app)
+    host = func.FunctionApp()
+    host.register_functions(events.bp)
+    (function,) = host.get_functions()
+    trigger = dict(function.get_trigger().get_dict_repr())
+    trigger.pop("direction")
+    assert (function.get_function_name(), trigger) == (
+        "publish_events",
+        {
+            "type": "timerTrigger",
+            "name": "timer",
+            "schedule": "0 */1 * * * *",
+            "runOnStartup": False,
+            "useMonitor": False,
+        },
+    )
+    app = build(Settings.from_env({"DICOMWEB_DATA_DIR": str(tmp_path), "DICOMWEB_STUDY_QUIET_SECONDS": "42"}))
+    recorder = RecordingPublisher()
+    monkeypatch.setattr(events, "get_app", lambda: dataclasses.replace(app, publisher=recorder))
+    user_function = function.get_user_function()
+    user_function(TimerRequest(past_due=True))
+    assert recorder.calls == [("publish_pending", 500), ("announce_stable_studies", 42)]
