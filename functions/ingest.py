@@ -10,6 +10,7 @@ service is unavailable) makes the host deliver the event again.
 from __future__ import annotations
 
 import logging
+from typing import BinaryIO, cast
 
 import azure.functions as func
 
@@ -34,7 +35,7 @@ def ingest_into(app: App, trigger_name: str | None, blob: func.InputStream | Non
     settings = app.settings
     outcome = ingest(
         inbox_name(trigger_name, settings.inbox_container),
-        blob,
+        cast(BinaryIO | None, blob),  # a readable stream of the blob's bytes
         inbox=app.inbox,
         failed=app.failed,
         service=app.service,
