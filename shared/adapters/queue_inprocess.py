@@ -80,7 +80,12 @@ class InProcessEventQueue:
                         message_id=event.id,
                         body=event.body(),
                         subject=event.type,
-                        application_properties={"type": event.type, "studyInstanceUid": event.study},
+                        application_properties={  # as the Service Bus adapter sets them
+                            "type": event.type,
+                            "studyInstanceUid": event.study,
+                            "sequence": event.sequence,
+                            "partition": event.partition,
+                        },
                     )
                 )
             if self._handler is None:
