@@ -80,12 +80,7 @@ class InProcessEventQueue:
                         message_id=event.id,
                         body=event.body(),
                         subject=event.type,
-                        application_properties={  # as the Service Bus adapter sets them
-                            "type": event.type,
-                            "studyInstanceUid": event.study,
-                            "sequence": event.sequence,
-                            "partition": event.partition,
-                        },
+                        application_properties={"type": event.type, "studyInstanceUid": event.study},
                     )
                 )
             if self._handler is None:

@@ -73,12 +73,8 @@ def test_a_message_carries_the_event_as_service_bus_would() -> None:
     assert message.content_type == "application/json"
     assert message.body == event.body()
     assert DicomEvent.from_json(json.loads(message.body)) == event
-    assert message.application_properties == {
-        "type": INSTANCE_DELETED,
-        "studyInstanceUid": STUDY,
-        "sequence": 7,
-        "partition": "default",
-    }
+    assert message.application_properties["type"] == INSTANCE_DELETED
+    assert message.application_properties["studyInstanceUid"] == STUDY
 
 
 def test_a_failed_delivery_is_redelivered_before_the_next_message() -> None:
