@@ -69,6 +69,17 @@ studies = Table(
     ),
 )
 
+# PostgreSQL: the study list order (newest date first, undated last, then newest row) read from an
+# index, so the study list and deep pages are not a sort of every study (EXPLAIN at 1M instances: a
+# parallel seq scan and a 20 MB external sort, 96 / 222 ms; with it, an index scan, 6 ms at offset
+# 5000). SQLite already serves this order by walking ix_studies_date backwards (NULLs sort first).
+Index(
+    "ix_studies_order",
+    studies.c.partition,
+    studies.c.study_date.desc().nulls_last(),
+    studies.c.id.desc(),
+).ddl_if(dialect="postgresql")
+
 series = Table(
     "series",
     metadata,
