@@ -267,14 +267,15 @@ def run_table_backend(archive: Archive, truth: Truth, args: argparse.Namespace) 
     except BaseException as exc:  # pytest.skip outside pytest: no Azurite
         raise RuntimeError(f"Azurite is not available: {exc}") from None
     prefix = f"scale{int(time.time())}"
-    index = TableMetadataIndex.from_connection_string(conn, prefix=prefix)
+    table_index = TableMetadataIndex.from_connection_string(conn, prefix=prefix)
+    index = cast(MetadataIndex, table_index)  # the adapter's Protocol conformance is its own concern
     result: dict[str, Any] = {}
     try:
 
         def progress(done: int, seconds: float) -> None:
             log.info("table: %d instances in %.0f s (%.0f/s)", done, seconds, done / seconds)
 
-        stats = load_table(archive, index, progress=progress)
+        stats = load_table(archive, table_index, progress=progress)
         result["load"] = stats.as_json()
         service = DicomwebService(cast(BlobStore, NoBlobs()), index, cast(InstanceStore, None), "default")
         result["queries"] = {}
@@ -288,7 +289,7 @@ def run_table_backend(archive: Archive, truth: Truth, args: argparse.Namespace) 
             result["queries"][kind] = measured
             _log_kind("table", kind, measured)
     finally:
-        index.close()
+        table_index.close()
         if not args.keep:
             with TableServiceClient.from_connection_string(conn) as client:
                 for name in ("Studies", "Uids", "Keys"):
