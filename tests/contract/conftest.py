@@ -116,7 +116,37 @@ def azurite_table_index(workdir: Path) -> Iterator[ConnectIndex]:
                 service.delete_table(prefix + name)
 
 
-BLOB_STORES: list[Backend[BlobStore]] = [Backend("filesystem", filesystem_blob_store)]
+@contextmanager
+def azurite_blob_store(workdir: Path) -> Iterator[ConnectBlobStore]:
+    """A fresh container on Azurite for every test (made on first use); deleted afterwards."""
+    import uuid
+
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.adapters.blob_azure import AzureBlobStore
+    from tests.services import azurite
+
+    conn, container = azurite(), f"t{uuid.uuid4().hex}"
+    stores: list[AzureBlobStore] = []
+
+    def connect() -> BlobStore:
+        stores.append(AzureBlobStore.from_connection_string(conn, container))
+        return stores[-1]
+
+    try:
+        yield connect
+    finally:
+        for store in stores:
+            store.close()
+        with BlobServiceClient.from_connection_string(conn) as service:
+            if service.get_container_client(container).exists():
+                service.delete_container(container)
+
+
+BLOB_STORES: list[Backend[BlobStore]] = [
+    Backend("filesystem", filesystem_blob_store),
+    Backend("azurite", azurite_blob_store),
+]
 INDEXES: list[Backend[MetadataIndex]] = [
     Backend("sqlite", sqlite_index),
     Backend("postgresql", postgresql_index),
