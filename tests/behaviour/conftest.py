@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,49 @@ REPO = Path(__file__).resolve().parents[2]
 READY = "devhost listening on "
 START_TIMEOUT = 60.0
 
-BACKENDS: dict[str, dict[str, str]] = {
-    "files+sqlite": {"DICOMWEB_BLOB_STORE": "filesystem", "DICOMWEB_INDEX": "sql"},
+
+def _files_sqlite() -> dict[str, str]:
+    return {"DICOMWEB_BLOB_STORE": "filesystem", "DICOMWEB_INDEX": "sql"}
+
+
+def _azurite_blobs() -> dict[str, str]:
+    """Azure Blob on Azurite, in containers of this server's own."""
+    from tests.services import azurite
+
+    tag = uuid.uuid4().hex[:12]
+    return {
+        "DICOMWEB_BLOB_STORE": "azure",
+        "DICOMWEB_BLOB_CONNECTION_STRING": azurite(),
+        "DICOMWEB_BLOB_CONTAINER": f"dicom-{tag}",
+        "DICOMWEB_INBOX_CONTAINER": f"inbox-{tag}",
+        "DICOMWEB_FAILED_CONTAINER": f"failed-{tag}",
+    }
+
+
+def _azurite_table() -> dict[str, str]:
+    from tests.services import azurite
+
+    return {
+        **_azurite_blobs(),
+        "DICOMWEB_INDEX": "table",
+        "DICOMWEB_TABLE_CONNECTION_STRING": azurite(),
+        "DICOMWEB_TABLE_PREFIX": f"b{uuid.uuid4().hex[:12]}",
+    }
+
+
+def _azurite_postgresql() -> dict[str, str]:
+    from tests.services import fresh_postgres_database
+
+    return {**_azurite_blobs(), "DICOMWEB_INDEX": "sql", "DICOMWEB_INDEX_URL": fresh_postgres_database()}
+
+
+BACKENDS: dict[str, Callable[[], dict[str, str]]] = {
+    "files+sqlite": _files_sqlite,
+    "azurite-blob+azurite-table": _azurite_table,
+    "azurite-blob+postgresql": _azurite_postgresql,
 }
-"""Backend combinations: id -> environment overrides. Later issues add Azurite, PostgreSQL, ..."""
+"""Backend combinations: id -> a function giving the environment of one server (fresh containers,
+tables or database each time, so servers never share state)."""
 
 # Every setting the suite depends on, pinned so a developer's local.settings.json cannot leak in.
 BASE_ENV: dict[str, str] = {
@@ -53,7 +93,9 @@ class Server:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    env: dict[str, str]
     client: httpx.Client = field(init=False)
+    _blobs: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.root, timeout=60.0)
@@ -99,9 +141,14 @@ class Server:
         return path if path.startswith("http") else self.root + path
 
     # --- data folder ---------------------------------------------------------------------------
-    def blob_files(self) -> set[Path]:
-        blobs = self.data_dir / "blobs"
-        return {p for p in blobs.rglob("*") if p.is_file()} if blobs.exists() else set()
+    def blob_files(self) -> set[str]:
+        """The names in the server's blob store (files or Azure Blob), listed through its adapter."""
+        if self._blobs is None:
+            from shared.bootstrap import build_blob_store
+            from shared.config import Settings
+
+            self._blobs = build_blob_store(Settings.from_env(self.env))
+        return set(self._blobs.list())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -127,7 +174,7 @@ def _start(backend: str, overrides: Mapping[str, str], base: Path) -> Server:
         if not k.startswith(("DICOMWEB_", "DEVHOST_")) and k != "AzureWebJobsStorage"
     }
     env.update(BASE_ENV)
-    env.update(BACKENDS[backend])
+    env.update(BACKENDS[backend]())
     env.update(overrides)
     env["DICOMWEB_DATA_DIR"] = str(data_dir)
     env["PYTHONUNBUFFERED"] = "1"
@@ -146,7 +193,7 @@ def _start(backend: str, overrides: Mapping[str, str], base: Path) -> Server:
         for line in text.splitlines():
             if line.startswith(READY):
                 root = line[len(READY) :].strip().rstrip("/")
-                server = Server(backend, root, data_dir, log_path, process)
+                server = Server(backend, root, data_dir, log_path, process, env)
                 health = httpx.get(root.rsplit("/", 1)[0] + "/health", timeout=10)
                 assert health.status_code == 200, health.text
                 return server

@@ -27,7 +27,8 @@ UPLOADS = "/inbox/uploads"
 BLOCK_BLOB = {"x-ms-blob-type": "BlockBlob"}
 
 
-def test_on_the_filesystem_backend_there_are_no_upload_urls(server: Server) -> None:
+def test_on_the_filesystem_backend_there_are_no_upload_urls(servers: ServerPool) -> None:
+    server = servers.get("files+sqlite")
     response = server.post(UPLOADS, b"", None)
     assert response.status_code == 501
     text = response.text
