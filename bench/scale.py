@@ -364,6 +364,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
     started = dt.datetime.now(dt.UTC)
     document: dict[str, Any] = {
         "benchmark": "scale",
