@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from typing import Any
 
@@ -61,11 +62,16 @@ def _as_int(value: str, keyword: str) -> int:
         raise BadRequest(f"{keyword} must be an integer") from None
 
 
+def _latin(text: str) -> bool:
+    """Only Latin letters (Ø, Ł, ß too, which keep no accent to strip), digits and punctuation."""
+    return all(c.isascii() or not c.isalpha() or unicodedata.name(c, "").startswith("LATIN") for c in text)
+
+
 def _name(keyword: str, column: Column[Any], value: str, wildcard: bool) -> ColumnElement[bool]:
     """A Latin-script name query matches the indexed alphabetic group (an index serves it); any
     other script is matched against every component group."""
     normalized = normalize_name(value)
-    if normalized.isascii():
+    if _latin(normalized):
         return column.like(_like_pattern(normalized), escape="\\") if wildcard else column == normalized
     return _GROUPS[keyword].like(f"%={_like_pattern(normalized)}=%", escape="\\")
 
