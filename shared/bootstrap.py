@@ -130,8 +130,17 @@ def build_index(settings: Settings) -> MetadataIndex:
     return SqlMetadataIndex(settings.index_url, partition=settings.partition)
 
 
+def quiet_sdk_logs() -> None:
+    """The Azure SDKs log every HTTP request at INFO; one line per DICOMweb request is enough."""
+    import logging
+
+    for name in ("azure", "azure.core.pipeline.policies.http_logging_policy", "uamqp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def build(settings: Settings) -> App:
     configure_pydicom()
+    quiet_sdk_logs()
     blobs = build_blob_store(settings)
     index = build_index(settings)
     policy = StorePolicy(
