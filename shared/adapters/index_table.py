@@ -10,16 +10,21 @@ the common QIDO keys. Nothing connects before the first call; the tables are cre
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from azure.data.tables import TableServiceClient
 
+from shared.adapters import index_table_changes as changes
+from shared.adapters import index_table_stability as stability
 from shared.adapters import index_table_write as write
+from shared.adapters.index_table_delete import delete, instance_rows
 from shared.adapters.index_table_rows import COMMITTED, instance_sort, series_sort, stored_instance, study_pk
 from shared.adapters.index_table_search import search
 from shared.adapters.index_table_store import Tables, check_name, key
-from shared.adapters.index_table_write import Scope, instance_rows
+from shared.adapters.index_table_write import Scope
+from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery
 from shared.core.model import InstanceRecord, PendingInstance, SearchHit, StoredInstance
 from shared.core.query import Query
 
@@ -27,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class TableMetadataIndex:
-    """The metadata index on three tables, `<prefix>Studies`, `<prefix>Uids` and `<prefix>Keys`."""
+    """The metadata index on four tables, `<prefix>Studies`, `<prefix>Uids`, `<prefix>Keys` and
+    `<prefix>Changes` (the change feed)."""
 
     def __init__(
         self, service: Callable[[], TableServiceClient], *, prefix: str = "dicom", partition: str = "default"
@@ -35,7 +41,7 @@ class TableMetadataIndex:
         if not partition or len(partition) > 64:
             raise ValueError("the partition name must have 1 to 64 characters")
         self._tables = Tables(service, check_name(prefix, "the table prefix"))
-        self._scope = Scope(self._tables, key(partition))
+        self._scope = Scope(self._tables, key(partition), partition)
 
     @classmethod
     def from_connection_string(
@@ -103,5 +109,25 @@ class TableMetadataIndex:
     def delete(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> list[StoredInstance]:
-        rows = write.delete(self._scope, study, series, instance)
+        rows = delete(self._scope, study, series, instance)
         return [stored_instance(study, r) for r in rows]
+
+    # --- change feed (index_table_changes) ----------------------------------------------------------
+    def read_changes(self, query: ChangeFeedQuery) -> list[ChangeFeedEntry]:
+        return changes.read_changes(self._scope, query)
+
+    def latest_change(self) -> ChangeFeedEntry | None:
+        return changes.latest_change(self._scope)
+
+    def unpublished_changes(self, limit: int = 100) -> list[ChangeFeedEntry]:
+        return changes.unpublished_changes(self._scope, limit)
+
+    def mark_published(self, sequences: Sequence[int]) -> None:
+        changes.mark_published(self._scope, sequences)
+
+    # --- study-stable debounce (index_table_stability) ----------------------------------------------
+    def quiet_studies(self, cutoff: datetime, limit: int) -> list[tuple[str, int, datetime]]:
+        return stability.quiet_studies(self._scope, cutoff, limit)
+
+    def mark_study_stable(self, study: str, sequence: int) -> None:
+        stability.mark_study_stable(self._scope, study, sequence)

@@ -135,9 +135,9 @@ def translated() -> Iterator[None]:
 
 
 class Tables:
-    """The three tables of one index (created on first use) and a small thread pool."""
+    """The four tables of one index (created on first use) and a small thread pool."""
 
-    STUDIES, UIDS, KEYS = "Studies", "Uids", "Keys"
+    STUDIES, UIDS, KEYS, CHANGES = "Studies", "Uids", "Keys", "Changes"
 
     def __init__(self, service: Callable[[], TableServiceClient], prefix: str) -> None:
         self._make_service = service
@@ -159,7 +159,7 @@ class Tables:
         service = self._make_service()
         clients = {}
         with translated():
-            for name in (self.STUDIES, self.UIDS, self.KEYS):
+            for name in (self.STUDIES, self.UIDS, self.KEYS, self.CHANGES):
                 clients[name] = service.create_table_if_not_exists(f"{self._prefix}{name}")
         return clients
 
@@ -197,10 +197,18 @@ class Tables:
         *,
         select: list[str] | None = None,
         page: int = 1000,
+        equal: dict[str, Any] | None = None,
+        at_least: dict[str, str] | None = None,
     ) -> Iterator[Entity]:
-        """The rows of partition `pk` with `lo <= RowKey < hi`, in RowKey order, page by page."""
+        """The rows of partition `pk` with `lo <= RowKey < hi`, in RowKey order, page by page; the
+        service also checks `prop eq value` for `equal` and `prop ge value` for `at_least`."""
         where = ["PartitionKey eq @pk"]
-        params = {"pk": pk}
+        params: dict[str, Any] = {"pk": pk}
+        for op, conditions in (("eq", equal or {}), ("ge", at_least or {})):
+            for n, (prop, value) in enumerate(conditions.items()):
+                check_name(prop, "a property name")
+                where.append(f"{prop} {op} @{op}{n}")
+                params[f"{op}{n}"] = value
         if lo is not None:
             where.append("RowKey ge @lo")
             params["lo"] = lo

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from shared.adapters import index_table_changes as feed
 from shared.adapters.index_table_rows import (
     CLAIM_RK,
     COMMITTED,
@@ -33,14 +34,13 @@ from shared.adapters.index_table_rows import (
     uid_pk,
 )
 from shared.adapters.index_table_store import (
-    BATCH_LIMIT,
     Entity,
     Tables,
-    delete_op,
     dump_json,
     load_json,
     replace_op,
 )
+from shared.core.changefeed import ChangeAction
 from shared.core.errors import Conflict, Unavailable
 from shared.core.model import InstanceRecord, PendingInstance
 
@@ -67,6 +67,7 @@ def _backoff(attempt: int) -> None:
 class Scope:
     tables: Tables
     partition: str  # already a key part
+    name: str = "default"  # the partition as given (change feed entries carry it)
 
 
 # --- begin / commit / abort ---------------------------------------------------------------------
@@ -144,10 +145,14 @@ def commit(s: Scope, record: InstanceRecord, pending: PendingInstance) -> None:
     pk = study_pk(s.partition, u.study)
     keys = (instance_rk(u.series, u.instance), series_rk(u.series), STUDY_RK)
     is_new = pending.replaces is None
+    action = ChangeAction.CREATE if is_new else ChangeAction.REPLACE
+    change = [(action.value, u.series, u.instance, pending.version)]
+    intent = feed.intend(s, u.study)
     for attempt in range(BUSY_ATTEMPTS):
         _backoff(attempt)
         inst, series, study = s.tables.map(lambda rk: s.tables.get(STUDIES, pk, rk), keys)
         if not _is_pending(inst, pending):
+            feed.forget(s, intent)
             raise Conflict("the instance was stored concurrently by another request")
         assert inst is not None
         stamp = now()
@@ -197,11 +202,14 @@ def commit(s: Scope, record: InstanceRecord, pending: PendingInstance) -> None:
             replace_op(new_inst, inst["etag"]),
             replace_op(new_series, series["etag"] if series else None),
             replace_op(new_study, study["etag"] if study else None),
+            feed.outbox_op(pk, intent, change),
         ]
         if s.tables.transact(STUDIES, ops) is not None:
             break
     else:
+        feed.forget(s, intent)
         raise Unavailable("the study is being changed by too many requests; retry later")
+    feed.publish(s, intent, change)
     if series is None:
         lookup = {
             "PartitionKey": uid_pk(s.partition, u.series),
@@ -278,122 +286,3 @@ def sync_keys(s: Scope, study: str, rows: KeyRows, stale: set[tuple[str, str]]) 
             return
         rows = key_rows(s.partition, study, row["c"], attrs_of(row), load_json(row, "mc", {}))
     log.warning("the search keys of a study kept changing; they are repaired by its next change")
-
-
-# --- delete -------------------------------------------------------------------------------------
-
-
-def delete(s: Scope, study: str, series: str | None, instance: str | None) -> list[Entity]:
-    """Remove the committed instances in scope; returns their rows (with "st" set)."""
-    pk = study_pk(s.partition, study)
-    removed: list[Entity] = []
-    gone_series: set[str] = set()
-    first_study: Entity | None = None
-    study_row: Entity | None = None
-    for attempt in range(BUSY_ATTEMPTS):
-        _backoff(attempt)
-        study_row = s.tables.get(STUDIES, pk, STUDY_RK)
-        first_study = first_study or (dict(study_row) if study_row else None)
-        targets = [r for r in instance_rows(s, pk, series, instance) if r["s"] == COMMITTED]
-        if not targets or study_row is None:
-            break
-        series_rows = {r["se"]: r for r in s.tables.prefix(STUDIES, pk, "R|")}
-        done = _delete_batches(s, pk, study, study_row, series_rows, targets, removed, gone_series)
-        if done:
-            break
-    else:
-        raise Unavailable("the study is being changed by too many requests; retry later")
-    if not removed:
-        return []
-    s.tables.map(lambda r: _release_claim(s, study, r["se"], r["sop"]), removed)
-    for uid in gone_series:
-        s.tables.delete(UIDS, uid_pk(s.partition, uid), series_lookup_rk(study))
-    after = s.tables.get(STUDIES, pk, STUDY_RK)
-    old = {(a, b) for a, b in load_json(first_study, "ix", [])} if first_study else set()
-    if after is None:
-        last = {(a, b) for a, b in load_json(study_row, "ix", [])} if study_row else set()
-        s.tables.write_all(KEYS, [], old | last)
-    elif first_study is None or after.get("ixh") != first_study.get("ixh"):
-        sync_keys(
-            s,
-            study,
-            key_rows(s.partition, study, after["c"], attrs_of(after), load_json(after, "mc", {})),
-            old,
-        )
-    return removed
-
-
-def instance_rows(s: Scope, pk: str, series: str | None, instance: str | None) -> list[Entity]:
-    """The instance rows (without attrs) of a study, a series or one instance."""
-    if series is not None and instance is not None:
-        row = s.tables.get(STUDIES, pk, instance_rk(series, instance), select=INSTANCE_PROPS)
-        return [row] if row else []
-    start = "I|" if series is None else instance_rk(series, "")
-    rows = list(s.tables.prefix(STUDIES, pk, start, select=INSTANCE_PROPS))
-    return [r for r in rows if instance is None or r["sop"] == instance]
-
-
-def _next_batch(pending: list[Entity]) -> list[Entity]:
-    """Instances for one transaction: they, their series and the study make at most 100 operations."""
-    batch: list[Entity] = []
-    touched: set[str] = set()
-    while pending and len(batch) + len(touched | {pending[0]["se"]}) + 1 < BATCH_LIMIT:
-        batch.append(pending.pop(0))
-        touched.add(batch[-1]["se"])
-    return batch
-
-
-def _delete_batches(
-    s: Scope,
-    pk: str,
-    study: str,
-    study_row: Entity,
-    series_rows: dict[str, Entity],
-    targets: list[Entity],
-    removed: list[Entity],
-    gone_series: set[str],
-) -> bool:
-    """Delete `targets` in transactions that keep the counts right; False if a row changed meanwhile."""
-    pending = list(targets)
-    while pending:
-        batch = _next_batch(pending)
-        ops: list[tuple[Any, ...]] = [delete_op(pk, r["RowKey"], r["etag"]) for r in batch]
-        counts = Counter(load_json(study_row, "mc", {}))
-        changed: list[tuple[str, Entity | None]] = []  # series uid -> its new row, None if removed
-        n_series = study_row["ns"]
-        for uid, n in Counter(r["se"] for r in batch).items():
-            old = series_rows.get(uid)
-            if old is None:
-                return False
-            if old["ni"] <= n:
-                changed.append((uid, None))
-                n_series -= 1
-                counts.subtract(load_json(old, "mods", []))
-                ops.append(delete_op(pk, old["RowKey"], old["etag"]))
-            else:
-                changed.append((uid, {**old, "ni": old["ni"] - n}))
-                ops.append(replace_op({**old, "ni": old["ni"] - n}, old["etag"]))
-        n_instances = study_row["ni"] - len(batch)
-        new_study: Entity | None = None
-        if n_series <= 0 or n_instances <= 0:
-            ops.append(delete_op(pk, STUDY_RK, study_row["etag"]))
-        else:
-            rows = key_rows(s.partition, study, study_row["c"], attrs_of(study_row), dict(counts))
-            new_study = _study_entity(pk, study, study_row["c"], n_series, n_instances, dict(counts), rows)
-            new_study.update((k, v) for k, v in study_row.items() if k.startswith("a"))  # the attrs
-            ops.append(replace_op(new_study, study_row["etag"]))
-        etags = s.tables.transact(STUDIES, ops)
-        if etags is None:
-            return False
-        removed.extend({**r, "st": study} for r in batch)
-        for (uid, new), etag in zip(changed, etags[len(batch) : len(batch) + len(changed)], strict=True):
-            if new is None:
-                gone_series.add(uid)
-                series_rows.pop(uid, None)
-            else:
-                series_rows[uid] = {**new, "etag": etag}
-        if new_study is None:
-            return True
-        study_row.clear()
-        study_row.update(new_study, etag=etags[-1])
-    return True
