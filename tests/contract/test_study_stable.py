@@ -15,17 +15,7 @@ from shared.core.model import InstanceRecord, InstanceUids
 from shared.core.ports import MetadataIndex
 from tests.contract.records import make_record, new_version, uid
 
-# Adapters whose study-stable support is still being written: strict, so the mark must go when it lands.
-PENDING = {"azurite-table": "the Table index has no quiet_studies / mark_study_stable yet (issue 4)"}
-
 TICK = timedelta(microseconds=1)
-
-
-@pytest.fixture(autouse=True)
-def _pending_adapters(request: pytest.FixtureRequest) -> None:
-    backend = request.node.callspec.params["connect_index"]
-    if backend.name in PENDING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=PENDING[backend.name]))
 
 
 def _record(study: str, series: str | None = None) -> InstanceRecord:
