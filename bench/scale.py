@@ -292,7 +292,7 @@ def run_table_backend(archive: Archive, truth: Truth, args: argparse.Namespace) 
         table_index.close()
         if not args.keep:
             with TableServiceClient.from_connection_string(conn) as client:
-                for name in ("Studies", "Uids", "Keys"):
+                for name in ("Studies", "Uids", "Keys", "Changes"):
                     client.delete_table(prefix + name)
     return result
 

@@ -112,7 +112,7 @@ def azurite_table_index(workdir: Path) -> Iterator[ConnectIndex]:
         for index in indexes:
             index.close()
         with TableServiceClient.from_connection_string(conn) as service:
-            for name in ("Studies", "Uids", "Keys"):
+            for name in ("Studies", "Uids", "Keys", "Changes"):
                 service.delete_table(prefix + name)
 
 

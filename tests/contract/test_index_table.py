@@ -96,7 +96,7 @@ def prefix() -> Iterator[str]:
     name = f"x{uuid.uuid4().hex[:16]}"
     yield name
     with TableServiceClient.from_connection_string(azurite()) as service:
-        for table in ("Studies", "Uids", "Keys"):
+        for table in ("Studies", "Uids", "Keys", "Changes"):
             service.delete_table(name + table)
 
 
