@@ -9,6 +9,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.config import Settings
 from shared.core.ports import BlobStore, EventQueue, MetadataIndex
@@ -92,6 +93,29 @@ def build_container(settings: Settings, container: str) -> BlobStore:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return FileSystemBlobStore(settings.data_dir / container)
+
+
+def build_upload_signer(settings: Settings) -> tuple[Any, str]:
+    """The signer of upload URLs into the inbox (Azure only), or None and why there is none."""
+    from shared.adapters.blob_azure_sas import AzureUploadSigner, SigningUnavailable
+
+    try:
+        if settings.blob_connection_string:
+            signer = AzureUploadSigner.from_connection_string(
+                settings.blob_connection_string,
+                settings.inbox_container,
+                create_container=settings.create_containers,
+            )
+        else:
+            assert settings.blob_account_url is not None
+            signer = AzureUploadSigner.from_account_url(
+                settings.blob_account_url,
+                settings.inbox_container,
+                create_container=settings.create_containers,
+            )
+    except SigningUnavailable as exc:
+        return None, str(exc)
+    return signer, ""
 
 
 def build_events(settings: Settings) -> EventQueue:

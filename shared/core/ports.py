@@ -64,7 +64,9 @@ class MetadataIndex(Protocol):
         """The newest change feed entry."""
 
     def unpublished_changes(self, limit: int = 100) -> list[ChangeFeedEntry]:
-        """Entries whose event has not been acknowledged by the event queue yet, oldest first."""
+        """Entries whose event has not been acknowledged by the event queue yet, oldest first.
+
+        Their `state` need not be computed (an event does not carry it)."""
 
     def mark_published(self, sequences: Sequence[int]) -> None:
         """Record that the events of these entries were published."""

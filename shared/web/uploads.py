@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.bootstrap import App
+from shared.bootstrap import App, build_upload_signer
 from shared.core.errors import BadRequest, PayloadTooLarge
 from shared.web.common import app_for, guarded, json_response
 
@@ -78,24 +78,12 @@ FILESYSTEM_MESSAGE = (
 
 
 def _build_signer(app: App) -> Any:
-    settings = app.settings
-    if settings.blob_store != "azure":
+    if app.settings.blob_store != "azure":
         raise NoUploads(FILESYSTEM_MESSAGE)
-    from shared.adapters.blob_azure_sas import AzureUploadSigner, SigningUnavailable
-
-    try:
-        if settings.blob_connection_string:
-            return AzureUploadSigner.from_connection_string(
-                settings.blob_connection_string,
-                settings.inbox_container,
-                create_container=settings.create_containers,
-            )
-        assert settings.blob_account_url is not None
-        return AzureUploadSigner.from_account_url(
-            settings.blob_account_url, settings.inbox_container, create_container=settings.create_containers
-        )
-    except SigningUnavailable as exc:
-        raise NoUploads(str(exc)) from None
+    signer, reason = build_upload_signer(app.settings)
+    if signer is None:
+        raise NoUploads(reason)
+    return signer
 
 
 def signer_for(app: App) -> Any:

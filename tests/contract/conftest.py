@@ -55,8 +55,8 @@ def filesystem_blob_store(workdir: Path) -> Iterator[ConnectBlobStore]:
 
 
 @contextmanager
-def sqlite_index(workdir: Path) -> Iterator[ConnectIndex]:
-    url = f"sqlite:///{workdir}/i.sqlite3"
+def _sql_index(url: str) -> Iterator[ConnectIndex]:
+    """Clients of one SQL database, each with its own engine (as separate function hosts would)."""
     engines: list[Engine] = []
 
     def connect() -> MetadataIndex:
@@ -70,23 +70,15 @@ def sqlite_index(workdir: Path) -> Iterator[ConnectIndex]:
             engine.dispose()
 
 
-@contextmanager
-def postgresql_index(workdir: Path) -> Iterator[ConnectIndex]:
+def sqlite_index(workdir: Path) -> AbstractContextManager[ConnectIndex]:
+    return _sql_index(f"sqlite:///{workdir}/i.sqlite3")
+
+
+def postgresql_index(workdir: Path) -> AbstractContextManager[ConnectIndex]:
     """A fresh PostgreSQL database per test (tests.services starts a server when none is given)."""
     from tests.services import fresh_postgres_database
 
-    url = fresh_postgres_database()
-    engines: list[Engine] = []
-
-    def connect() -> MetadataIndex:
-        engines.append(make_engine(url))
-        return SqlMetadataIndex(url, engine=engines[-1])
-
-    try:
-        yield connect
-    finally:
-        for engine in engines:
-            engine.dispose()
+    return _sql_index(fresh_postgres_database())
 
 
 @contextmanager
