@@ -42,21 +42,13 @@ def ingest_into(app: App, trigger_name: str | None, blob: func.InputStream | Non
         policy=IngestPolicy(settings.max_instance_bytes, settings.spool_memory_bytes),
     )
     if outcome.stored:
-        _publish_pending(app)
+        # A failure here never fails the ingestion: the change feed keeps what could not be
+        # published and the timer republishes it.
+        try:
+            app.publisher.publish_after_change()
+        except Exception as exc:
+            log.warning("ingest: publishing events failed (%s); they will be republished", type(exc).__name__)
     return outcome
-
-
-def _publish_pending(app: App) -> None:
-    """Publish the events of committed changes; a failure here never fails the ingestion (the
-    change feed keeps them and the republishing timer sends them later)."""
-    publisher = getattr(app, "publisher", None)
-    publish = getattr(publisher, "publish_after_change", None) or getattr(publisher, "publish_pending", None)
-    if publish is None:
-        return
-    try:
-        publish()
-    except Exception as exc:
-        log.warning("ingest: publishing events failed (%s); they will be republished", type(exc).__name__)
 
 
 @bp.blob_trigger(
