@@ -26,10 +26,16 @@ _MAX_FRAMES_PER_REQUEST = 10_000
 def _multipart_instances(
     service: DicomwebService, found: Sequence[StoredInstance], ts: str, writer: MultipartWriter
 ) -> Iterator[bytes]:
+    # Each yield is one hop between the worker thread and the event loop: the part header travels
+    # with the first chunk of its instance, so a small instance costs one hop, not two.
     for stored in found:
         actual = stored.transfer_syntax if ts == "*" else ts
-        yield writer.start_part(f"{DICOM}; transfer-syntax={actual}")
-        yield from service.instance_bytes(stored, ts)
+        header = writer.start_part(f"{DICOM}; transfer-syntax={actual}")
+        for chunk in service.instance_bytes(stored, ts):
+            yield header + chunk if header else chunk
+            header = b""
+        if header:
+            yield header
     yield writer.end()
 
 
