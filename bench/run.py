@@ -55,8 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the servers' stores and the generated data")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in args.only if s not in SCENARIOS]
+    requested = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in requested if s not in SCENARIOS]
+    # Always in the canonical order: STOW first, so later phases never store its instances before
+    # it does (the duplicates would count as STOW failures on a server that refuses them).
+    args.only = [s for s in SCENARIOS if s in requested]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     servers = (
