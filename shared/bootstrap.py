@@ -56,28 +56,15 @@ def configure_pydicom() -> None:
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
-    """The blob store the settings name; vendor modules are imported only when chosen."""
-    if settings.blob_store == "azure":
-        from shared.adapters.blob_azure import AzureBlobStore
-
-        if settings.blob_connection_string:
-            return AzureBlobStore.from_connection_string(
-                settings.blob_connection_string,
-                settings.blob_container,
-                create_container=settings.create_containers,
-            )
-        assert settings.blob_account_url is not None
-        return AzureBlobStore.from_account_url(
-            settings.blob_account_url, settings.blob_container, create_container=settings.create_containers
-        )
-    from shared.adapters.blob_filesystem import FileSystemBlobStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return FileSystemBlobStore(settings.data_dir / "blobs")
+    """The store of the instances and their metadata (folder `blobs` on the filesystem backend)."""
+    return build_container(settings, settings.blob_container, folder="blobs")
 
 
-def build_container(settings: Settings, container: str) -> BlobStore:
-    """Another container of the same blob backend (the inbox and the failure container)."""
+def build_container(settings: Settings, container: str, folder: str | None = None) -> BlobStore:
+    """One container of the configured blob backend; vendor modules are imported only when chosen.
+
+    On the filesystem backend the container is a folder of the data folder (`folder`, else its name).
+    """
     if settings.blob_store == "azure":
         from shared.adapters.blob_azure import AzureBlobStore
 
@@ -92,7 +79,7 @@ def build_container(settings: Settings, container: str) -> BlobStore:
     from shared.adapters.blob_filesystem import FileSystemBlobStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return FileSystemBlobStore(settings.data_dir / container)
+    return FileSystemBlobStore(settings.data_dir / (folder or container))
 
 
 def build_upload_signer(settings: Settings) -> tuple[Any, str]:

@@ -117,7 +117,3 @@ def mark_published(conn: Connection, partition: str, sequences: Sequence[int]) -
             .where(changes.c.partition == partition, changes.c.sequence.in_(sequences[start : start + 500]))
             .values(published=True)
         )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -8,7 +8,6 @@ host name a client happened to use.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -120,14 +119,3 @@ def first_value(attrs: DicomJson, tag: str) -> Any:
     if isinstance(value, dict):
         return value.get("Alphabetic")
     return value
-
-
-def all_values(attrs: DicomJson, tag: str) -> list[Any]:
-    elem = attrs.get(tag)
-    if not elem:
-        return []
-    return [v.get("Alphabetic") if isinstance(v, dict) else v for v in elem.get("Value", [])]
-
-
-def pick(attrs: DicomJson, tags: Iterable[str]) -> DicomJson:
-    return {t: attrs[t] for t in tags if t in attrs}
