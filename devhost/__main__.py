@@ -5,7 +5,8 @@ Like `func start`, local.settings.json (repository root) fills the environment f
 are defaults. Environment: DEVHOST_HOST, DEVHOST_PORT, DEVHOST_APP (`module:attr`, default
 `function_app:app`), DEVHOST_CORS_ORIGINS (comma list, default `*`), DEVHOST_LOG_LEVEL
 (default info), DEVHOST_TRIGGERS (default on; `off` serves HTTP only: no blob, Service Bus or
-timer triggers; see devhost.triggers for their settings). Once the socket is bound it prints
+timer triggers; see devhost.triggers for their settings), DEVHOST_WORKERS (worker processes;
+default FUNCTIONS_WORKER_PROCESS_COUNT, else 1). Once the socket is bound it prints
 `devhost listening on http://HOST:PORT/<prefix>` (port 0 picks a free port and prints the real
 one).
 """
@@ -18,11 +19,13 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from devhost.discovery import discover
 from devhost.routing import read_route_prefix
@@ -31,6 +34,8 @@ from devhost.settings import DEFAULT_APP, apply_values, load_function_app, read_
 from devhost.triggers import TriggerHost, triggers_enabled
 
 logger = logging.getLogger("devhost")
+
+_TRIGGER_LOCK = "DEVHOST_TRIGGER_LOCK"  # set by the parent of a multi-process run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +74,54 @@ async def _serve(config: uvicorn.Config, prefix: str) -> None:
     await task
 
 
+def _workers(environ: Mapping[str, str]) -> int:
+    """DEVHOST_WORKERS, else FUNCTIONS_WORKER_PROCESS_COUNT (the Functions host's setting), else 1."""
+    for name in ("DEVHOST_WORKERS", "FUNCTIONS_WORKER_PROCESS_COUNT"):
+        raw = environ.get(name, "").strip()
+        if raw:
+            if not raw.isdigit() or not 1 <= int(raw) <= 10:
+                raise SystemExit(f"{name} must be a whole number from 1 to 10, got {raw!r}")
+            return int(raw)
+    return 1
+
+
+def _configure_logging() -> str:
+    log_level = os.environ.get("DEVHOST_LOG_LEVEL", "info").lower()
+    logging.basicConfig(
+        level=logging.DEBUG if log_level == "trace" else log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return log_level
+
+
+def build_served_app() -> ASGIApp:
+    """The ASGI app of one server process: the Functions app, its routes and its triggers.
+
+    Reads everything from the environment, which `main` has filled; in a worker process of a
+    multi-process run (DEVHOST_WORKERS > 1) uvicorn calls it as the app factory.
+    """
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    settings = read_local_settings(REPO_ROOT / "local.settings.json")
+    app = load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
+    prefix = read_route_prefix(REPO_ROOT / "host.json")
+    lock = os.environ.get(_TRIGGER_LOCK)
+    triggers = None
+    if triggers_enabled(os.environ):
+        triggers = TriggerHost(discover(app), primary_lock=Path(lock) if lock else None)
+    else:
+        logger.info("DEVHOST_TRIGGERS=off: serving HTTP functions only")
+    return build_asgi_app(
+        app, route_prefix=prefix, cors_origins=_cors_origins(settings.host), background=triggers
+    )
+
+
+def worker_app() -> ASGIApp:
+    """uvicorn's app factory in each worker process of a multi-process run."""
+    _configure_logging()
+    return build_served_app()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = read_local_settings(REPO_ROOT / "local.settings.json")
     applied = apply_values(settings.values, os.environ)
@@ -79,25 +132,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     apply_binding_defaults(os.environ)
     args = _parse_args(argv, settings.host)
-    log_level = os.environ.get("DEVHOST_LOG_LEVEL", "info").lower()
-    logging.basicConfig(
-        level=logging.DEBUG if log_level == "trace" else log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_level = _configure_logging()
     if applied:
         logger.info("local.settings.json set %d variables: %s", len(applied), ", ".join(sorted(applied)))
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    app = load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
-    prefix = read_route_prefix(REPO_ROOT / "host.json")
-    triggers = TriggerHost(discover(app)) if triggers_enabled(os.environ) else None
-    if triggers is None:
-        logger.info("DEVHOST_TRIGGERS=off: serving HTTP functions only")
-    asgi_app = build_asgi_app(
-        app, route_prefix=prefix, cors_origins=_cors_origins(settings.host), background=triggers
-    )
+    workers = _workers(os.environ)
+    if workers > 1:
+        _serve_workers(args, log_level, workers)
+        return
     config = uvicorn.Config(
-        asgi_app,
+        build_served_app(),
         host=args.host,
         port=args.port,
         log_level=log_level,
@@ -105,8 +148,45 @@ def main(argv: Sequence[str] | None = None) -> None:
         lifespan="on",
         workers=1,
     )
+    prefix = read_route_prefix(REPO_ROOT / "host.json")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C: uvicorn has shut down (lifespan included)
         _run(_serve(config, prefix))
+
+
+def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> None:
+    """Several worker processes on one listening socket, as FUNCTIONS_WORKER_PROCESS_COUNT gives in
+    Azure: CPU-bound work (parsing DICOM, writing the index) uses every core.
+
+    Each worker builds its own app (stores, index connections, in-process event queue); the
+    blob and timer triggers run in one of them (devhost.triggers). The parent only supervises:
+    it restarts a worker that dies, and Ctrl+C or SIGTERM stops them all.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "devhost.__main__:worker_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        workers=workers,
+    )
+    sock = config.bind_socket()
+    port = int(sock.getsockname()[1])
+    handle, lock_path = tempfile.mkstemp(prefix="devhost-triggers-", suffix=".lock")
+    os.close(handle)
+    os.environ[_TRIGGER_LOCK] = lock_path  # inherited by the workers
+    prefix = read_route_prefix(REPO_ROOT / "host.json")
+    logger.info("%d worker processes", workers)
+    print(f"devhost listening on {_url(args.host, port, prefix)}", flush=True)
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

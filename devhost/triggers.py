@@ -14,15 +14,23 @@ Environment: DEVHOST_TRIGGERS (on/off, default on), DEVHOST_BLOB_POLL_SECONDS (1
 DEVHOST_BLOB_MAX_TRIES (5), DEVHOST_BLOB_SETTLE_SECONDS (0.5: a file
 copied into the filesystem inbox by hand waits until it has not changed for that long),
 WEBSITE_TIME_ZONE (timers; UTC when unset).
+
+With several worker processes (DEVHOST_WORKERS), every worker dispatches the Service Bus messages
+of its own in-process queue, and one worker only, the holder of an exclusive lock on a file
+(`primary_lock`), runs the blob watchers and the timers: two watchers would ingest a file twice
+and two timers would double every run. A worker that dies releases the lock with its process, and
+the worker started in its place takes it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -98,6 +106,7 @@ class TriggerHost:
         settings: TriggerSettings | None = None,
         app_provider: Callable[[], Any] = _shared_app,
         container_store: Callable[[Any, str], Any] = _other_container,
+        primary_lock: Path | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.settings = settings or TriggerSettings.from_env(self.environ)
@@ -109,10 +118,30 @@ class TriggerHost:
         self.watchers: list[BlobWatcher] = []
         self.dispatchers: list[ServiceBusDispatcher] = []
         self.timers: list[TimerScheduler] = []
+        self._primary_lock = primary_lock
+        self._lock_file: IO[bytes] | None = None
+        self.primary = primary_lock is None
+
+    def _claim_primary(self) -> bool:
+        """True when this process runs the blob watchers and timers (see the module docstring)."""
+        if self._primary_lock is None:
+            return True
+        handle = open(self._primary_lock, "ab")  # noqa: SIM115 - held open for the process's life
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        return True
 
     async def start(self) -> None:
-        self._start_timers()
-        if self.blob_specs or self.servicebus_specs:
+        self.primary = self._claim_primary()
+        if self.primary:
+            self._start_timers()
+        else:
+            logger.info("blob and timer triggers run in another worker process")
+        if (self.blob_specs and self.primary) or self.servicebus_specs:
             try:
                 app = await run_in_threadpool(self._app_provider)
             except Exception:
@@ -120,7 +149,8 @@ class TriggerHost:
                     "cannot build the app's stores: blob and Service Bus triggers are not served"
                 )
             else:
-                await self._start_blobs(app)
+                if self.primary:
+                    await self._start_blobs(app)
                 self._start_servicebus(app)
         logger.info(
             "triggers: %d blob watcher(s), %d Service Bus dispatcher(s), %d timer(s)",
@@ -137,6 +167,9 @@ class TriggerHost:
         for timer in self.timers:
             await timer.stop(grace_seconds)
         self.watchers, self.dispatchers, self.timers = [], [], []
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
 
     # --- blobs -----------------------------------------------------------------------------
     async def _start_blobs(self, app: Any) -> None:

@@ -676,6 +676,41 @@ async def test_the_trigger_host_serves_blob_queue_and_timer_functions(
     assert "DOE" not in caplog.text
 
 
+async def test_with_a_primary_lock_one_host_runs_blobs_and_timers_and_every_host_dispatches(
+    trigger_app: TriggerApp, tmp_path: Path
+) -> None:
+    """Several worker processes (DEVHOST_WORKERS): the holder of the lock file watches the inbox and
+    runs the timers; every worker dispatches its own in-process queue; stopping the holder frees
+    the lock for the next host that starts."""
+    lock = tmp_path / "triggers.lock"
+
+    def host() -> TriggerHost:
+        return TriggerHost(
+            discover(trigger_app.function_app),
+            environ=ENVIRON,
+            settings=TriggerSettings(blob_poll_seconds=0.02, blob_settle_seconds=0.0),
+            app_provider=trigger_app.provide,
+            primary_lock=lock,
+        )
+
+    first, second = host(), host()
+    await first.start()
+    await second.start()
+    try:
+        assert (first.primary, second.primary) == (True, False)
+        assert (len(first.watchers), len(first.dispatchers), len(first.timers)) == (1, 1, 1)
+        assert (len(second.watchers), len(second.dispatchers), len(second.timers)) == (0, 1, 0)
+    finally:
+        await first.stop()
+    third = host()
+    await third.start()
+    try:
+        assert third.primary and len(third.watchers) == 1 and len(third.timers) == 1
+    finally:
+        await third.stop()
+        await second.stop()
+
+
 async def test_an_unresolved_setting_stops_only_that_trigger(
     trigger_app: TriggerApp, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -768,7 +803,8 @@ FIXTURE_APP = textwrap.dedent(
         source=func.BlobSource.EVENT_GRID,
     )
     def ingest_blob(blob: func.InputStream) -> None:
-        (OUT / "blob.txt").write_text(f"{blob.name}|{blob.read().decode()}")
+        with (OUT / "blob.txt").open("a") as out:  # appended: a second run would show
+            out.write(f"{blob.name}|{blob.read().decode()}")
         get_app().inbox.delete(blob.name.split("/", 1)[1])
         event = DicomEvent("default:7", "dicom.instance.created", 7, "default", "1.2", None, None, NOW)
         get_app().events.publish([event])
@@ -783,15 +819,18 @@ FIXTURE_APP = textwrap.dedent(
 
     @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True)
     def on_start(timer: func.TimerRequest) -> None:
-        (OUT / "timer.txt").write_text(str(timer.past_due))
+        with (OUT / "timer.txt").open("a") as out:
+            out.write(str(timer.past_due))
     """
 )
 
 
 @pytest.mark.e2e
-def test_python_m_devhost_raises_blob_queue_and_timer_triggers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_python_m_devhost_raises_blob_queue_and_timer_triggers(tmp_path: Path, workers: int) -> None:
     """A file dropped into the filesystem inbox reaches the blob function, whose event reaches the
-    Service Bus function through the shared in-process queue; the timer ran at startup."""
+    Service Bus function through the shared in-process queue; the timer ran at startup. With two
+    worker processes, the file is ingested once and the timer runs once."""
     (tmp_path / "devhost_trigger_app.py").write_text(FIXTURE_APP, encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
@@ -813,6 +852,7 @@ def test_python_m_devhost_raises_blob_queue_and_timer_triggers(tmp_path: Path) -
         "TRIGGER_OUT": str(out),
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
         "PYTHONUNBUFFERED": "1",
+        "DEVHOST_WORKERS": str(workers),
     }
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("wb") as stderr:
@@ -831,6 +871,7 @@ def test_python_m_devhost_raises_blob_queue_and_timer_triggers(tmp_path: Path) -
         deadline = time.monotonic() + 20
         while not (out / "event.txt").exists() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)
+        time.sleep(0.5)  # room for a second (wrong) run of the blob function
         assert (out / "timer.txt").read_text() == "False"
         assert (out / "blob.txt").read_text() == "inbox/DOE^JANE/1.dcm|dropped bytes"
         assert (out / "event.txt").read_text() == "default:7|1"
@@ -846,7 +887,8 @@ def test_python_m_devhost_raises_blob_queue_and_timer_triggers(tmp_path: Path) -
             process.stdout.close()
     log = stderr_path.read_text()
     assert process.returncode == 0, log
-    assert "triggers: 1 blob watcher(s), 1 Service Bus dispatcher(s), 1 timer(s)" in log
+    assert log.count("triggers: 1 blob watcher(s), 1 Service Bus dispatcher(s), 1 timer(s)") == 1
+    assert log.count("triggers: 0 blob watcher(s), 1 Service Bus dispatcher(s), 0 timer(s)") == workers - 1
     assert re.search(r"blob ingest_blob ok \d+\.\dms", log), log
     assert re.search(r"servicebus on_event ok \(delivery 1\) \d+\.\dms", log), log
     assert "DOE" not in log, "no blob names in the log"
