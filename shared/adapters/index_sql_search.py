@@ -187,25 +187,24 @@ def search(conn: Connection, partition: str, query: Query) -> list[SearchHit]:
         rows = list(conn.execute(_study_stmt(partition, query)))
         pks = [r.id for r in rows]
         counts: dict[int, tuple[int, int]] = {}
-        modalities: dict[int, list[str]] = defaultdict(list)
+        modalities: dict[int, set[str]] = defaultdict(set)
         if pks:
-            for pk, n_series, n_instances in conn.execute(
-                select(
-                    instances.c.study_pk,
-                    func.count(func.distinct(instances.c.series_pk)),
-                    func.count(),
+            # One statement for both: a row per series of the page's studies with its stored
+            # instances (series without any still give their modality, as the series table does).
+            for pk, modality, n_instances in conn.execute(
+                select(series.c.study_pk, series.c.modality, func.count(instances.c.id))
+                .select_from(series)
+                .outerjoin(
+                    instances, and_(instances.c.series_pk == series.c.id, instances.c.status == CREATED)
                 )
-                .where(instances.c.study_pk.in_(pks), instances.c.status == CREATED)
-                .group_by(instances.c.study_pk)
+                .where(series.c.study_pk.in_(pks))
+                .group_by(series.c.id, series.c.study_pk, series.c.modality)
             ):
-                counts[pk] = (n_series, n_instances)
-            for pk, modality in conn.execute(
-                select(series.c.study_pk, series.c.modality)
-                .where(series.c.study_pk.in_(pks), series.c.modality.is_not(None))
-                .distinct()
-                .order_by(series.c.study_pk, series.c.modality)
-            ):
-                modalities[pk].append(modality)
+                if n_instances:
+                    n_series, total = counts.get(pk, (0, 0))
+                    counts[pk] = (n_series + 1, total + n_instances)
+                if modality is not None:
+                    modalities[pk].add(modality)
         hits = []
         for r in rows:
             attrs = dict(r.attrs)
@@ -213,7 +212,7 @@ def search(conn: Connection, partition: str, query: Query) -> list[SearchHit]:
             attrs["00201206"] = _count(n_series)
             attrs["00201208"] = _count(n_instances)
             if modalities.get(r.id):
-                attrs["00080061"] = {"vr": "CS", "Value": modalities[r.id]}
+                attrs["00080061"] = {"vr": "CS", "Value": sorted(modalities[r.id])}
             hits.append(SearchHit(r.study_uid, None, None, attrs))
         return hits
     if query.level is Level.SERIES:
