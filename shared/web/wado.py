@@ -16,6 +16,7 @@ from shared.core.multipart import MultipartWriter
 from shared.core.render import render_frame
 from shared.core.service import DicomwebService, Frame
 from shared.web.common import JSON_OFFERS, app_for, base_url, guarded, negotiate_request, uids
+from shared.web.streaming import prefetched
 
 DICOM = "application/dicom"
 MULTIPART = "multipart/related"
@@ -26,16 +27,10 @@ _MAX_FRAMES_PER_REQUEST = 10_000
 def _multipart_instances(
     service: DicomwebService, found: Sequence[StoredInstance], ts: str, writer: MultipartWriter
 ) -> Iterator[bytes]:
-    # Each yield is one hop between the worker thread and the event loop: the part header travels
-    # with the first chunk of its instance, so a small instance costs one hop, not two.
     for stored in found:
         actual = stored.transfer_syntax if ts == "*" else ts
-        header = writer.start_part(f"{DICOM}; transfer-syntax={actual}")
-        for chunk in service.instance_bytes(stored, ts):
-            yield header + chunk if header else chunk
-            header = b""
-        if header:
-            yield header
+        yield writer.start_part(f"{DICOM}; transfer-syntax={actual}")
+        yield from service.instance_bytes(stored, ts)
     yield writer.end()
 
 
@@ -55,10 +50,10 @@ async def retrieve(request: Request) -> Response:
     chosen = negotiate_request(request, offers)
     ts = chosen.transfer_syntax or "*"
     if chosen.offer.media_type == DICOM:
-        return StreamingResponse(service.instance_bytes(found[0], ts), media_type=DICOM)
+        return StreamingResponse(prefetched(service.instance_bytes(found[0], ts)), media_type=DICOM)
     writer = MultipartWriter()
     return StreamingResponse(
-        _multipart_instances(service, found, ts, writer),
+        prefetched(_multipart_instances(service, found, ts, writer)),
         headers={"content-type": writer.content_type(DICOM, None if ts == "*" else ts)},
     )
 
@@ -126,7 +121,7 @@ async def retrieve_frames(request: Request) -> Response:
         yield writer.end()
 
     part_type = chosen.offer.part_type or OCTET
-    return StreamingResponse(body(), headers={"content-type": writer.content_type(part_type)})
+    return StreamingResponse(prefetched(body()), headers={"content-type": writer.content_type(part_type)})
 
 
 @guarded
@@ -138,7 +133,7 @@ async def retrieve_metadata(request: Request) -> Response:
     negotiate_request(request, JSON_OFFERS)
     found = await run_in_threadpool(app.service.find, study, series, instance)
     return StreamingResponse(
-        app.service.metadata(found, base_url(request, app)), media_type="application/dicom+json"
+        prefetched(app.service.metadata(found, base_url(request, app))), media_type="application/dicom+json"
     )
 
 
