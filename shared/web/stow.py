@@ -1,13 +1,16 @@
 """STOW-RS over HTTP: the request body is streamed through the multipart reader, part by part.
 
-Each part is spooled (in memory up to a limit, then on disk), stored in a worker thread, and
-forgotten before the next part, so memory stays flat whatever the size of the request.
+Each part is spooled (in memory up to a limit, then on disk) and stored in a worker thread while
+the next part is received; a part's spool is gone once it is stored, so memory stays at about two
+parts whatever the size of the request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
-from typing import BinaryIO
+from collections.abc import Coroutine
+from typing import Any, BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -86,7 +89,7 @@ async def _store_multipart(
             f"multipart/related parts of type {declared!r} are not supported; use {DICOM}"
         )
     reader = MultipartReader(boundary_of(media))
-    outcomes: list[StoreOutcome] = []
+    stored = _Pipeline()
     spool: BinaryIO | None = None
     refused: StoreOutcome | None = None  # the part being read is over a limit: its data is skipped
     size = 0
@@ -104,7 +107,7 @@ async def _store_multipart(
                         (event.header("content-type") or declared or DICOM).split(";")[0].strip().lower()
                     )
                     size, refused = 0, None
-                    if len(outcomes) >= limits.parts:
+                    if stored.count >= limits.parts:
                         refused = _over_limit(f"the request has more than {limits.parts} parts")
                     else:
                         spool = _spool(app)
@@ -120,19 +123,58 @@ async def _store_multipart(
                         spool.write(event.data)
                 elif isinstance(event, PartEnd):
                     if refused is not None:
-                        outcomes.append(refused)
+                        await stored.add_outcome(refused)
                     elif spool is not None:
                         current, spool = spool, None
-                        outcomes.append(await _part(app, current, size, part_type, study))
+                        await stored.add(_part(app, current, size, part_type, study))
             if over:
-                raise _Truncated(outcomes, f"the request is larger than the limit of {limits.request} bytes")
+                raise _Truncated(
+                    await stored.outcomes(), f"the request is larger than the limit of {limits.request} bytes"
+                )
         reader.close()
     finally:
         if spool is not None:
             spool.close()
+        await stored.settle()  # whatever happened, a store under way finishes (and is reported)
+    outcomes = await stored.outcomes()
     if not outcomes:
         raise BadRequest("the multipart request holds no parts")
     return outcomes
+
+
+class _Pipeline:
+    """The parts of one request, stored in order, one at a time, while the next part is received.
+
+    A part's store runs in a worker thread; the request body goes on streaming into the next
+    part's spool meanwhile, and that part waits for the previous store before its own starts. At
+    most one part is being stored and one being received: memory stays at two parts.
+    """
+
+    def __init__(self) -> None:
+        self._done: list[StoreOutcome] = []
+        self._running: asyncio.Task[StoreOutcome] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._done) + (self._running is not None)
+
+    async def add(self, store: Coroutine[Any, Any, StoreOutcome]) -> None:
+        await self.settle()
+        self._running = asyncio.ensure_future(store)
+
+    async def add_outcome(self, outcome: StoreOutcome) -> None:
+        await self.settle()
+        self._done.append(outcome)
+
+    async def settle(self) -> None:
+        """Wait for the store under way (also when the request is being cancelled)."""
+        running, self._running = self._running, None
+        if running is not None:
+            self._done.append(await asyncio.shield(running))
+
+    async def outcomes(self) -> list[StoreOutcome]:
+        await self.settle()
+        return self._done
 
 
 class _Truncated(Exception):

@@ -1,0 +1,85 @@
+"""shared.web.stow._Pipeline: parts are stored in order, one at a time, while the next is received."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.core.model import StoreOutcome, StoreStatus
+from shared.web.stow import _Pipeline
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def outcome(n: int) -> StoreOutcome:
+    return StoreOutcome(StoreStatus.STORED, sop_instance_uid=f"1.2.{n}")
+
+
+async def test_outcomes_keep_the_order_of_the_parts_whatever_each_store_takes() -> None:
+    pipeline = _Pipeline()
+    running: list[int] = []
+    peak = 0
+
+    async def store(n: int, seconds: float) -> StoreOutcome:
+        nonlocal peak
+        running.append(n)
+        peak = max(peak, len(running))
+        await asyncio.sleep(seconds)
+        running.remove(n)
+        return outcome(n)
+
+    for n, seconds in enumerate([0.03, 0.0, 0.02, 0.0]):
+        await pipeline.add(store(n, seconds))
+        assert pipeline.count == n + 1
+    await pipeline.add_outcome(outcome(99))  # a refused part
+    got = await pipeline.outcomes()
+    assert [o.sop_instance_uid for o in got] == ["1.2.0", "1.2.1", "1.2.2", "1.2.3", "1.2.99"]
+    assert peak == 1, "one part is stored at a time"
+
+
+async def test_the_next_part_is_received_while_a_store_runs() -> None:
+    pipeline = _Pipeline()
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow() -> StoreOutcome:
+        started.set()
+        await release.wait()
+        return outcome(1)
+
+    await pipeline.add(slow())  # returns at once: the caller goes on reading the body
+    await asyncio.wait_for(started.wait(), 1)
+    assert pipeline.count == 1
+    release.set()
+    assert [o.sop_instance_uid for o in await pipeline.outcomes()] == ["1.2.1"]
+
+
+async def test_a_store_under_way_finishes_even_when_the_request_is_cancelled() -> None:
+    pipeline = _Pipeline()
+    finished = asyncio.Event()
+
+    async def store() -> StoreOutcome:
+        await asyncio.sleep(0.05)
+        finished.set()
+        return outcome(1)
+
+    async def request() -> None:
+        try:
+            await pipeline.add(store())
+            await asyncio.sleep(10)  # receiving the next part when the client goes away
+        finally:
+            await pipeline.settle()
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()
+    assert [o.sop_instance_uid for o in await pipeline.outcomes()] == ["1.2.1"]
