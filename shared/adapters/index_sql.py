@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -58,15 +59,21 @@ def _time(attrs: dict[str, Any], tag: str) -> str | None:
     return time_key(value) if value else None
 
 
+@lru_cache(maxsize=1024)
+def _name_groups(name: str) -> tuple[str, ...]:
+    """name_groups, remembered: every instance of a study brings the same names again."""
+    return tuple(name_groups(name))
+
+
 def _norm(name: str | None) -> str | None:
     """The first (alphabetic) component group, normalized: what name queries in Latin script match."""
-    groups = name_groups(name) if name else []
+    groups = _name_groups(name) if name else ()
     return groups[0][:324] if groups else None
 
 
 def _groups(name: str | None) -> str | None:
     """Every component group, normalized, as `=G1=G2=`: what ideographic and phonetic queries match."""
-    groups = name_groups(name) if name else []
+    groups = _name_groups(name) if name else ()
     return f"={'='.join(groups)}="[:340] if groups else None
 
 
@@ -115,13 +122,86 @@ _STUDY_COLUMNS = tuple(study_columns({}))
 _SERIES_COLUMNS = tuple(series_columns({}))
 
 
+# The statements of the store path, built once and executed with a parameter dict: building them
+# per call (coercions, cache keys) cost more CPU than the database did. SET values are bound by
+# column name, so the WHERE parameters of an UPDATE are named `w_*`.
+def _set(*names: str) -> dict[str, Any]:
+    return {name: bindparam(name) for name in names}
+
+
+_THIS_INSTANCE = (
+    instances.c.partition == bindparam("w_partition"),
+    instances.c.sop_instance_uid == bindparam("w_sop"),
+)
+_THIS_ROW = instances.c.id == bindparam("w_id")
+# FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers): the row read is the
+# row updated, not one a concurrent commit or takeover changes in between.
+_INSTANCE_ROW = (
+    select(
+        instances.c.id, instances.c.study_uid, instances.c.series_uid, instances.c.status, instances.c.version
+    )
+    .where(*_THIS_INSTANCE)
+    .with_for_update()
+)
+_TAKE_OVER_PENDING = update(instances).where(_THIS_ROW).values(_set("version", "sop_class_uid", "updated_at"))
+_BEGIN_REPLACE = update(instances).where(_THIS_ROW).values(_set("pending_version", "updated_at"))
+_COMMITTED = _set(
+    "study_pk", "series_pk", "sop_class_uid", "instance_number", "transfer_syntax", "number_of_frames",
+    "size", "attrs", "updated_at",
+)  # fmt: skip
+_IS_PENDING = (*_THIS_INSTANCE, instances.c.status == PENDING, instances.c.version == bindparam("w_version"))
+_COMMIT_CREATE = update(instances).where(*_IS_PENDING).values(**_COMMITTED, status=CREATED)
+_COMMIT_REPLACE = (
+    update(instances)
+    .where(
+        *_THIS_INSTANCE, instances.c.status == CREATED, instances.c.pending_version == bindparam("w_version")
+    )
+    .values(**_COMMITTED, version=bindparam("version"), pending_version=None)
+)
+_ABORT_CREATE = delete(instances).where(*_IS_PENDING)
+_ABORT_REPLACE = (
+    update(instances)
+    .where(*_THIS_INSTANCE, instances.c.pending_version == bindparam("w_version"))
+    .values(pending_version=None)
+)
+# The usual commit, into a study that exists with the same names (so the same words): one UPDATE.
+_UPDATE_SAME_NAMES = (
+    update(studies)
+    .where(
+        studies.c.partition == bindparam("w_partition"),
+        studies.c.study_uid == bindparam("w_study"),
+        studies.c.patient_name.is_not_distinct_from(bindparam("w_patient_name")),
+        studies.c.referring_physician_name.is_not_distinct_from(bindparam("w_referring_name")),
+    )
+    .values(_set(*_STUDY_COLUMNS, "updated_at"))
+    .returning(studies.c.id)
+)
+_DELETE_WORDS = delete(words).where(words.c.study_pk == bindparam("w_study_pk"))
+_INSERT_WORDS = words.insert()
+
+
+def name_word_rows(study_pk: int, patient: str | None, referring: str | None) -> list[dict[str, Any]]:
+    """The name_words rows of a study: a function of its two name columns alone."""
+    return [
+        {"study_pk": study_pk, "kind": kind, "word": word[:64]}
+        for kind, name in (("P", patient), ("R", referring))
+        for word in dict.fromkeys(name_words(name or ""))
+    ]
+
+
 class SqlMetadataIndex:
     def __init__(self, url: str, partition: str = "default", engine: Engine | None = None) -> None:
         self._engine = engine or make_engine(url)
         self._partition = partition
         self._upsert = self._insert_factory()
-        # Built once: executing a prebuilt statement with parameters skips SQLAlchemy's per-call
-        # construction, a good part of the store's index time.
+        self._insert_pending = self._upsert(instances).on_conflict_do_nothing(
+            index_elements=["partition", "sop_instance_uid"]
+        )
+        self._insert_study = (
+            self._upsert(studies)
+            .on_conflict_do_nothing(index_elements=["partition", "study_uid"])
+            .returning(studies.c.id)
+        )
         study_insert = self._upsert(studies)
         self._upsert_study = study_insert.on_conflict_do_update(
             index_elements=["partition", "study_uid"],
@@ -152,51 +232,52 @@ class SqlMetadataIndex:
             raise Unavailable("the index database is unavailable; retry later") from exc
 
     # --- store -------------------------------------------------------------------------------
-    def _instance_row(self, conn: Connection, sop: str) -> Any:
-        return conn.execute(
-            select(instances).where(
-                instances.c.partition == self._partition, instances.c.sop_instance_uid == sop
-            )
-        ).first()
-
     def begin_instance(self, record: InstanceRecord, *, replace: bool) -> PendingInstance:
         uids = record.uids
+        now = _now()
         try:
             with self._tx(write=True) as conn:
-                row = self._instance_row(conn, uids.instance)
-                if row is None:
-                    conn.execute(
-                        instances.insert().values(
-                            partition=self._partition,
-                            study_uid=uids.study,
-                            series_uid=uids.series,
-                            sop_instance_uid=uids.instance,
-                            sop_class_uid=record.sop_class_uid,
-                            status=PENDING,
-                            version=record.version,
-                            transfer_syntax=record.transfer_syntax,
-                            number_of_frames=record.number_of_frames,
-                            size=record.size,
-                            updated_at=_now(),
-                        )
-                    )
+                inserted = conn.execute(
+                    self._insert_pending,
+                    {
+                        "partition": self._partition,
+                        "study_uid": uids.study,
+                        "series_uid": uids.series,
+                        "sop_instance_uid": uids.instance,
+                        "sop_class_uid": record.sop_class_uid,
+                        "status": PENDING,
+                        "version": record.version,
+                        "transfer_syntax": record.transfer_syntax,
+                        "number_of_frames": record.number_of_frames,
+                        "size": record.size,
+                        "updated_at": now,
+                    },
+                ).rowcount
+                if inserted == 1:
                     return PendingInstance(uids, record.version, None)
+                row = conn.execute(
+                    _INSTANCE_ROW, {"w_partition": self._partition, "w_sop": uids.instance}
+                ).first()
+                if row is None:  # PostgreSQL: the row that stopped the insert is gone (aborted) since
+                    raise Conflict("the instance is being stored by another request")
                 if (row.study_uid, row.series_uid) != (uids.study, uids.series):
                     raise Conflict("an instance with this SOP Instance UID exists in another study or series")
                 if row.status == PENDING:
                     # A store that never committed (failed or crashed): take it over with a new version.
                     conn.execute(
-                        update(instances)
-                        .where(instances.c.id == row.id)
-                        .values(version=record.version, sop_class_uid=record.sop_class_uid, updated_at=_now())
+                        _TAKE_OVER_PENDING,
+                        {
+                            "w_id": row.id,
+                            "version": record.version,
+                            "sop_class_uid": record.sop_class_uid,
+                            "updated_at": now,
+                        },
                     )
                     return PendingInstance(uids, record.version, None)
                 if not replace:
                     raise Conflict("the instance already exists")
                 conn.execute(
-                    update(instances)
-                    .where(instances.c.id == row.id)
-                    .values(pending_version=record.version, updated_at=_now())
+                    _BEGIN_REPLACE, {"w_id": row.id, "pending_version": record.version, "updated_at": now}
                 )
                 return PendingInstance(uids, record.version, row.version)
         except IntegrityError:
@@ -206,21 +287,15 @@ class SqlMetadataIndex:
         uids = record.uids
         now = _now()
         with self._tx(write=True) as conn:
-            study_pk = conn.execute(
-                self._upsert_study,
-                {
-                    "partition": self._partition,
-                    "study_uid": uids.study,
-                    "updated_at": now,
-                    **study_columns(record.study_attrs),
-                },
-            ).scalar_one()
-            self._write_name_words(conn, study_pk, record.study_attrs)
+            study_pk = self._write_study(conn, uids.study, study_columns(record.study_attrs), now)
             series_pk = conn.execute(
                 self._upsert_series,
                 {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)},
             ).scalar_one()
             values = {
+                "w_partition": self._partition,
+                "w_sop": uids.instance,
+                "w_version": pending.version,
                 "study_pk": study_pk,
                 "series_pk": series_pk,
                 "sop_class_uid": record.sop_class_uid,
@@ -231,59 +306,54 @@ class SqlMetadataIndex:
                 "attrs": record.instance_attrs,
                 "updated_at": now,
             }
-            where = [instances.c.partition == self._partition, instances.c.sop_instance_uid == uids.instance]
             if pending.replaces is None:
-                stmt = update(instances).where(
-                    *where, instances.c.status == PENDING, instances.c.version == pending.version
-                )
-                values["status"] = CREATED
+                stmt = _COMMIT_CREATE
             else:
-                stmt = update(instances).where(
-                    *where, instances.c.status == CREATED, instances.c.pending_version == pending.version
-                )
+                stmt = _COMMIT_REPLACE
                 values["version"] = pending.version
-                values["pending_version"] = None
-            if conn.execute(stmt.values(**values)).rowcount != 1:
+            if conn.execute(stmt, values).rowcount != 1:
                 conn.rollback()
                 raise Conflict("the instance was stored concurrently by another request")
             action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
             changefeed.append_change(conn, self._partition, action, uids, pending.version, now)
 
-    @staticmethod
-    def _write_name_words(conn: Connection, study_pk: int, attrs: dict[str, Any]) -> None:
-        rows = [
-            {"study_pk": study_pk, "kind": kind, "word": word[:64]}
-            for kind, tag in (("P", "00100010"), ("R", "00080090"))
-            for word in dict.fromkeys(name_words(_person_name(attrs, tag, 324) or ""))
-        ]
-        existing = {
-            (r.kind, r.word)
-            for r in conn.execute(select(words.c.kind, words.c.word).where(words.c.study_pk == study_pk))
-        }
-        if existing == {(r["kind"], r["word"]) for r in rows}:
-            return
-        conn.execute(delete(words).where(words.c.study_pk == study_pk))
+    def _write_study(self, conn: Connection, study_uid: str, columns: dict[str, Any], now: datetime) -> int:
+        """Upsert the study row and keep its name words those of its names; return its key.
+
+        The words are a function of the two name columns, so a study whose names did not change
+        keeps its words untouched: that usual case is one UPDATE, without reading the words."""
+        patient, referring = columns["patient_name"], columns["referring_physician_name"]
+        values = {**columns, "updated_at": now}
+        study_pk = conn.execute(
+            _UPDATE_SAME_NAMES,
+            {
+                **values,
+                "w_partition": self._partition,
+                "w_study": study_uid,
+                "w_patient_name": patient,
+                "w_referring_name": referring,
+            },
+        ).scalar_one_or_none()
+        if study_pk is not None:
+            return int(study_pk)
+        values.update(partition=self._partition, study_uid=study_uid)
+        study_pk = conn.execute(self._insert_study, values).scalar_one_or_none()
+        if study_pk is None:  # the study exists with other names: replace its words
+            study_pk = conn.execute(self._upsert_study, values).scalar_one()
+            conn.execute(_DELETE_WORDS, {"w_study_pk": study_pk})
+        rows = name_word_rows(study_pk, patient, referring)
         if rows:
-            conn.execute(words.insert(), rows)
+            conn.execute(_INSERT_WORDS, rows)
+        return int(study_pk)
 
     def abort_instance(self, pending: PendingInstance) -> None:
-        where = [
-            instances.c.partition == self._partition,
-            instances.c.sop_instance_uid == pending.uids.instance,
-        ]
+        params = {
+            "w_partition": self._partition,
+            "w_sop": pending.uids.instance,
+            "w_version": pending.version,
+        }
         with self._tx(write=True) as conn:
-            if pending.replaces is None:
-                conn.execute(
-                    delete(instances).where(
-                        *where, instances.c.status == PENDING, instances.c.version == pending.version
-                    )
-                )
-            else:
-                conn.execute(
-                    update(instances)
-                    .where(*where, instances.c.pending_version == pending.version)
-                    .values(pending_version=None)
-                )
+            conn.execute(_ABORT_CREATE if pending.replaces is None else _ABORT_REPLACE, params)
 
     # --- read --------------------------------------------------------------------------------
     def _select_instances(self, study: str, series_uid: str | None, instance: str | None) -> Any:

@@ -13,6 +13,17 @@ from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuer
 from shared.core.model import InstanceUids
 
 _CHANGE_LOCK = 0x44494353  # "DICS": the advisory lock that orders change-feed appends on PostgreSQL
+# Built once, like every statement of the store path (index_sql.py says why).
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_APPEND = changes.insert()
+_MARK_PUBLISHED = (
+    update(changes)
+    .where(
+        changes.c.partition == bindparam("w_partition"),
+        changes.c.sequence.in_(bindparam("w_sequences", expanding=True)),
+    )
+    .values(published=True)
+)
 
 
 def append_change(
@@ -22,9 +33,9 @@ def append_change(
     if conn.dialect.name == "postgresql":
         # Sequences are handed out at insert time, not at commit: without this lock a reader could
         # page past a lower sequence that commits later and never see it.
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHANGE_LOCK})
+        conn.execute(_LOCK, {"key": _CHANGE_LOCK})
     conn.execute(
-        changes.insert(),
+        _APPEND,
         {
             "partition": partition,
             "action": action.value,
@@ -113,7 +124,5 @@ def unpublished_changes(conn: Connection, partition: str, limit: int) -> list[Ch
 def mark_published(conn: Connection, partition: str, sequences: Sequence[int]) -> None:
     for start in range(0, len(sequences), 500):
         conn.execute(
-            update(changes)
-            .where(changes.c.partition == partition, changes.c.sequence.in_(sequences[start : start + 500]))
-            .values(published=True)
+            _MARK_PUBLISHED, {"w_partition": partition, "w_sequences": sequences[start : start + 500]}
         )
