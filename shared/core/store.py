@@ -173,7 +173,13 @@ class InstanceStore:
                 frames = index_frames(fp, (ds, position))
             except PixelDataError as exc:
                 raise _Rejected(FailureReason.CANNOT_UNDERSTAND, str(exc)) from None
-            doc = _metadata(ds, frames, self._policy.bulk_data_threshold)
+            try:
+                doc = _metadata(ds, frames, self._policy.bulk_data_threshold)
+            except Exception as exc:  # pydicom raises many types for a malformed value
+                log.debug("DICOM JSON conversion failed: %s", type(exc).__name__)
+                raise _Rejected(
+                    FailureReason.CANNOT_UNDERSTAND, "an attribute value is malformed and cannot be read"
+                ) from None
             levels = split_levels(doc)
             _check_indexed_lengths(levels)
         except _Rejected as rejected:

@@ -155,3 +155,20 @@ def test_study_mismatch_with_the_url_fails(tmp_path: Path) -> None:
     outcome = store.store_instance(io.BytesIO(data), len(data), expected_study="1.2.3")
     assert outcome.reason is FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert _files(blobs) == []
+
+
+def test_a_value_pydicom_cannot_convert_fails_only_that_instance(tmp_path: Path) -> None:
+    """A DS with an empty value among several (1, empty, 2) makes pydicom raise while the DICOM JSON is
+    built: the instance fails as unreadable (no exception escapes the store) and leaves nothing."""
+    ds = pydicom.dcmread(io.BytesIO(_fresh()))
+    ds.SliceThickness = "7.25"
+    raw = io.BytesIO()
+    ds.save_as(raw, enforce_file_format=True)
+    assert raw.getvalue().count(b"7.25") == 1
+    data = raw.getvalue().replace(b"7.25", b"1\\\\2", 1)  # same length: 1, backslash, backslash, 2
+    store, _index, blobs = _store(tmp_path)
+    outcome = store.store_instance(io.BytesIO(data), len(data))
+    assert outcome.status is StoreStatus.FAILED
+    assert outcome.reason is FailureReason.CANNOT_UNDERSTAND
+    assert outcome.message == "an attribute value is malformed and cannot be read"
+    assert _files(blobs) == []
