@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 
 metadata = MetaData()
@@ -172,11 +176,20 @@ study_stability = Table(
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # let the begin hook below issue BEGIN
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    # Switching a new database to WAL needs it to itself, and SQLite answers "locked" at once
+    # rather than waiting when another connection (another worker process starting) is in it.
+    for attempt in itertools.count(1):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt >= 100:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA case_sensitive_like=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
@@ -193,5 +206,19 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=8)
-    metadata.create_all(engine)
+    _create_schema(engine)
     return engine
+
+
+_SCHEMA_LOCK = 0x44574D31  # "DWM1": an advisory lock key of this schema's creation
+
+
+def _create_schema(engine: Engine) -> None:
+    """Create what is missing, one process at a time: worker processes that start together would
+    otherwise both see a table missing and the second CREATE would fail."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE takes the write lock
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(conn)
