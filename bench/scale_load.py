@@ -1,7 +1,7 @@
 """Bulk loading of a generated archive into an index, bypassing HTTP and blobs.
 
 SQL: rows are built with the adapter's own column builders (`study_columns`, `series_columns`, the
-name-word rows as `SqlMetadataIndex._write_name_words` makes them) and inserted with executemany in
+name-word rows as `index_sql.name_word_rows` makes them) and inserted with executemany in
 big transactions, primary keys assigned here (so no RETURNING round trip); PostgreSQL's sequences
 are moved past them afterwards. bench/tests/test_scale.py checks that the rows equal what the
 store pipeline writes for the same instances.
@@ -19,10 +19,9 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from bench.scale_archive import Archive
-from shared.adapters.index_sql import _int, _person_name, series_columns, study_columns
+from shared.adapters.index_sql import _int, _person_name, name_word_rows, series_columns, study_columns
 from shared.adapters.index_sql_schema import CREATED, instances, make_engine, series, studies
 from shared.adapters.index_sql_schema import name_words as words_table
-from shared.core.attributes import name_words
 
 log = logging.getLogger("bench.scale")
 
@@ -49,12 +48,10 @@ class LoadStats:
 
 
 def word_rows(study_pk: int, attrs: dict[str, Any]) -> list[dict[str, Any]]:
-    """The name-word rows of a study, as `SqlMetadataIndex._write_name_words` builds them."""
-    return [
-        {"study_pk": study_pk, "kind": kind, "word": word[:64]}
-        for kind, tag in (("P", "00100010"), ("R", "00080090"))
-        for word in dict.fromkeys(name_words(_person_name(attrs, tag, 324) or ""))
-    ]
+    """The name-word rows of a study, exactly as the SQL index writes them."""
+    return name_word_rows(
+        study_pk, _person_name(attrs, "00100010", 324), _person_name(attrs, "00080090", 324)
+    )
 
 
 class SqlRows:

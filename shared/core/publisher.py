@@ -49,6 +49,8 @@ class ChangePublisher:
                 self._queue.publish([event_for(entry) for entry in entries])
                 self._index.mark_published([entry.sequence for entry in entries])
                 published += len(entries)
+                if len(entries) < limit:  # that was all (a later change has its own call)
+                    return published
 
     def publish_after_change(self) -> None:
         """What the web layer calls after a STOW or delete: publish, never raise, never pile up.
