@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -14,7 +14,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared.adapters import index_sql_changes as changefeed
 from shared.adapters import index_sql_stability as stability
-from shared.adapters.index_sql_schema import CREATED, PENDING, instances, make_engine, series, studies
+from shared.adapters.index_sql_schema import (
+    CREATED,
+    PENDING,
+    instances,
+    make_engine,
+    series,
+    studies,
+    writer_lock,
+)
 from shared.adapters.index_sql_schema import name_words as words
 from shared.adapters.index_sql_search import search
 from shared.core.attributes import date_key, name_groups, name_words, time_key
@@ -192,6 +200,7 @@ def name_word_rows(study_pk: int, patient: str | None, referring: str | None) ->
 class SqlMetadataIndex:
     def __init__(self, url: str, partition: str = "default", engine: Engine | None = None) -> None:
         self._engine = engine or make_engine(url)
+        self._writer = writer_lock(self._engine)
         self._partition = partition
         self._upsert = self._insert_factory()
         self._insert_pending = self._upsert(instances).on_conflict_do_nothing(
@@ -223,7 +232,7 @@ class SqlMetadataIndex:
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Connection]:
         try:
-            with self._engine.connect() as conn:
+            with self._writer if write else nullcontext(), self._engine.connect() as conn:
                 if write:
                     conn = conn.execution_options(write=True)
                 with conn.begin():

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
+import os
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -222,3 +226,49 @@ def _create_schema(engine: Engine) -> None:
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
             metadata.create_all(conn)
+
+
+class SqliteWriterLock:
+    """Writers of one SQLite file take turns here before BEGIN IMMEDIATE: threads on a lock, worker
+    processes on an flock of `<database>.writelock`.
+
+    SQLite's own busy handler makes a writer that finds the database locked sleep 1, 2, 5 ... up to
+    100 ms before it tries again, however soon the lock is free: with several writers (threads or
+    worker processes) that sleeping, not the writing, would set the pace. A waiter here wakes as
+    soon as the lock is released. Re-entrant within a thread.
+    """
+
+    def __init__(self, database: str) -> None:
+        self._path = f"{database}.writelock"
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self._depth -= 1
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+def writer_lock(engine: Engine) -> contextlib.AbstractContextManager[None]:
+    """What a write transaction on `engine` holds around itself (nothing but for a SQLite file:
+    PostgreSQL waits on its own locks without sleeping)."""
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        return SqliteWriterLock(database)
+    return contextlib.nullcontext()
