@@ -59,7 +59,8 @@ def base_url(request: Request, app: App) -> str:
     if app.settings.public_base_url:
         return app.settings.public_base_url.rstrip("/")
     headers = request.headers
-    scheme = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    # From the scope, not request.url: building the URL object costs more than the whole rest.
+    scheme = (headers.get("x-forwarded-proto") or request.scope.get("scheme") or "http").split(",")[0].strip()
     host = headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc
     prefix = f"/{app.route_prefix}" if app.route_prefix else ""
     return f"{scheme}://{host.split(',')[0].strip()}{prefix}"
