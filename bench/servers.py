@@ -127,6 +127,7 @@ class OursServer(ServerProcess):
     """This repository's dev host: `python -m devhost` with DICOMWEB_DATA_DIR in a temporary folder."""
 
     name = "ours"
+    workers = min(os.cpu_count() or 1, 4)
 
     @property
     def root(self) -> str:
@@ -142,6 +143,9 @@ class OursServer(ServerProcess):
         data = self.workdir / "data"
         data.mkdir()
         env = dict(os.environ, DICOMWEB_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
+        # As deployed: one worker process per core (FUNCTIONS_WORKER_PROCESS_COUNT in Azure), the
+        # way Orthanc's threads use every core. DEVHOST_WORKERS in the environment overrides it.
+        env.setdefault("DEVHOST_WORKERS", str(self.workers))
         python = REPO_ROOT / ".venv" / "bin" / "python"
         exe = str(python) if python.exists() else sys.executable
         return [exe, "-m", "devhost", "--host", "127.0.0.1", "--port", str(self.port)], env, REPO_ROOT
@@ -157,6 +161,8 @@ class OursServer(ServerProcess):
                 capture_output=True,
                 text=True,
             ).stdout.strip()
-            return f"devhost @ {head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
+            changes = " + uncommitted changes" if dirty else ""
+            workers = os.environ.get("DEVHOST_WORKERS") or self.workers
+            return f"devhost @ {head or 'unknown'}{changes}, {workers} worker process(es)"
         except OSError:
             return "devhost"
