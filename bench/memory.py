@@ -14,22 +14,6 @@ from types import TracebackType
 import psutil
 
 
-def tree_rss(pid: int) -> int:
-    """RSS in bytes of a process plus all its descendants (0 if it is gone)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 def tree_memory(pid: int) -> tuple[int, int]:
     """(RSS, PSS) in bytes of a process plus all its descendants ((0, 0) if it is gone)."""
     try:
