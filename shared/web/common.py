@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ParamSpec
 
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -64,6 +66,23 @@ def base_url(request: Request, app: App) -> str:
     host = headers.get("x-forwarded-host") or headers.get("host") or request.url.netloc
     prefix = f"/{app.route_prefix}" if app.route_prefix else ""
     return f"{scheme}://{host.split(',')[0].strip()}{prefix}"
+
+
+async def publishing_events(app: App, handler: Awaitable[Response]) -> Response:
+    """Await a handler that changes the store, then publish the events of what changed.
+
+    The events go out once the response is sent (a background task of the response, which runs in
+    the Functions worker's web server as in the dev host), so the client never waits for them; if
+    the handler raises, they are published before the error answer. Publishing never raises, and
+    the change feed keeps what it could not publish for the timer.
+    """
+    try:
+        response = await handler
+    except BaseException:
+        await run_in_threadpool(app.publisher.publish_after_change)
+        raise
+    response.background = BackgroundTask(app.publisher.publish_after_change)
+    return response
 
 
 def app_for(request: Request) -> App:

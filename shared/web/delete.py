@@ -6,7 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.web.common import app_for, guarded, uids
+from shared.web.common import app_for, guarded, publishing_events, uids
 
 
 @guarded
@@ -15,8 +15,9 @@ async def delete(request: Request) -> Response:
     app = app_for(request)
     study, series, instance = uids(request, "study", "series", "instance")
     assert study is not None
-    try:
+
+    async def delete_and_answer() -> Response:
         await run_in_threadpool(app.service.delete, study, series, instance)
         return Response(status_code=204)
-    finally:
-        await run_in_threadpool(app.publisher.publish_after_change)  # never raises
+
+    return await publishing_events(app, delete_and_answer())

@@ -22,7 +22,16 @@ from shared.core.media import MediaType, parse_media_type
 from shared.core.model import FailureReason, StoreOutcome, StoreStatus
 from shared.core.multipart import MultipartReader, PartData, PartEnd, PartStart, boundary_of
 from shared.core.stow_response import build_store_response
-from shared.web.common import JSON_OFFERS, app_for, base_url, guarded, json_response, negotiate_request, uids
+from shared.web.common import (
+    JSON_OFFERS,
+    app_for,
+    base_url,
+    guarded,
+    json_response,
+    negotiate_request,
+    publishing_events,
+    uids,
+)
 
 DICOM = "application/dicom"
 _MAX_CONTENT_TYPE = 4096  # a real one is under 200 characters (Azure's host caps all headers at 32 kB)
@@ -210,12 +219,7 @@ async def _part(app: App, spool: BinaryIO, size: int, part_type: str, study: str
 async def store_instances(request: Request) -> Response:
     """STOW-RS: POST /studies and POST /studies/{study}."""
     app = app_for(request)
-    try:
-        return await _store_instances(request, app)
-    finally:
-        # Once the response is computed: publish the events of what was stored. It never raises;
-        # the change feed keeps what it could not publish for the timer.
-        await run_in_threadpool(app.publisher.publish_after_change)
+    return await publishing_events(app, _store_instances(request, app))
 
 
 async def _store_instances(request: Request, app: App) -> Response:

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -375,7 +376,8 @@ def _stow(client: Client) -> str:
     return str(pydicom.dcmread(CT_SMALL, stop_before_pixels=True).StudyInstanceUID)
 
 
-def test_a_stow_and_a_delete_publish_their_events_before_answering(web: tuple[App, Client]) -> None:
+def test_a_stow_and_a_delete_publish_their_events_as_they_answer(web: tuple[App, Client]) -> None:
+    """Published by the response's background task: by the time the ASGI call ends."""
     app, client = web
     queue = app.events
     assert isinstance(queue, InProcessEventQueue)
@@ -448,3 +450,36 @@ def test_the_events_blueprint_is_one_timer_that_publishes_then_announces(
     user_function = function.get_user_function()
     user_function(TimerRequest(past_due=True))
     assert recorder.calls == [("publish_pending", 500), ("announce_stable_studies", 42)]
+
+
+# --- publishing_events: after the response, or before an error answer --------------------------
+class CountingPublisher:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def publish_after_change(self) -> None:
+        self.calls += 1
+
+
+def test_events_go_out_after_the_response_is_sent_and_before_an_error_answer() -> None:
+    from starlette.responses import Response
+
+    from shared.web.common import publishing_events
+
+    publisher = CountingPublisher()
+    app: Any = SimpleNamespace(publisher=publisher)
+
+    async def answer() -> Response:
+        return Response(status_code=204)
+
+    async def fail() -> Response:
+        raise RuntimeError("the index went away")
+
+    response = asyncio.run(publishing_events(app, answer()))
+    assert publisher.calls == 0, "not while the client waits"
+    assert response.background is not None
+    asyncio.run(response.background())
+    assert publisher.calls == 1
+    with pytest.raises(RuntimeError):
+        asyncio.run(publishing_events(app, fail()))
+    assert publisher.calls == 2, "a change may precede the error: published before it is answered"
