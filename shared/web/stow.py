@@ -8,6 +8,7 @@ parts whatever the size of the request.
 from __future__ import annotations
 
 import asyncio
+import io
 import tempfile
 from collections.abc import Coroutine
 from typing import Any, BinaryIO
@@ -62,13 +63,49 @@ def _content_type(request: Request) -> MediaType:
         raise UnsupportedMediaType(f"Content-Type is not a valid media type: {exc.message}") from None
 
 
-def _spool(app: App) -> BinaryIO:
-    return tempfile.SpooledTemporaryFile(max_size=app.settings.spool_memory_bytes)  # type: ignore[return-value]
+class _Spool:
+    """One part's bytes: kept as the chunks received (no copy per write) up to a limit, then in a
+    temporary file. `file()` hands them over as one seekable file (a memory spool is joined once)."""
+
+    def __init__(self, memory_limit: int) -> None:
+        self._limit = memory_limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size <= self._limit:
+                return
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+            data, self._chunks = b"".join(self._chunks), []
+        self._file.write(data)
+
+    def file(self) -> BinaryIO:
+        if self._file is None:
+            joined, self._chunks = b"".join(self._chunks), []
+            return io.BytesIO(joined)
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        self._chunks = []
+        if self._file is not None:
+            self._file.close()
 
 
-async def _store(app: App, spool: BinaryIO, size: int, study: str | None) -> StoreOutcome:
+def _spool(app: App) -> _Spool:
+    return _Spool(app.settings.spool_memory_bytes)
+
+
+async def _store(app: App, spool: _Spool, size: int, study: str | None) -> StoreOutcome:
+    def store() -> StoreOutcome:
+        return app.service.store.store_instance(spool.file(), size, expected_study=study)
+
     try:
-        return await run_in_threadpool(app.service.store.store_instance, spool, size, expected_study=study)
+        return await run_in_threadpool(store)
     finally:
         spool.close()
 
@@ -99,7 +136,7 @@ async def _store_multipart(
         )
     reader = MultipartReader(boundary_of(media))
     stored = _Pipeline()
-    spool: BinaryIO | None = None
+    spool: _Spool | None = None
     refused: StoreOutcome | None = None  # the part being read is over a limit: its data is skipped
     size = 0
     part_type = ""
@@ -199,7 +236,7 @@ def _over_limit(message: str) -> StoreOutcome:
     return StoreOutcome(StoreStatus.FAILED, reason=FailureReason.OUT_OF_RESOURCES, message=message)
 
 
-async def _part(app: App, spool: BinaryIO, size: int, part_type: str, study: str | None) -> StoreOutcome:
+async def _part(app: App, spool: _Spool, size: int, part_type: str, study: str | None) -> StoreOutcome:
     if part_type != DICOM:
         spool.close()
         return StoreOutcome(

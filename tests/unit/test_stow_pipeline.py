@@ -83,3 +83,22 @@ async def test_a_store_under_way_finishes_even_when_the_request_is_cancelled() -
         await task
     assert finished.is_set()
     assert [o.sop_instance_uid for o in await pipeline.outcomes()] == ["1.2.1"]
+
+
+@pytest.mark.parametrize("limit", [0, 10, 1 << 20])
+def test_a_spool_gives_back_every_byte_in_memory_or_on_disk(limit: int) -> None:
+    from shared.web.stow import _Spool
+
+    chunks = [bytes([n]) * (n + 3) for n in range(40)]
+    spool = _Spool(limit)
+    for chunk in chunks:
+        spool.write(chunk)
+    on_disk = spool._file is not None
+    assert on_disk == (limit < sum(map(len, chunks))), "over the limit it is a temporary file"
+    fp = spool.file()
+    assert fp.read() == b"".join(chunks)
+    fp.seek(5)
+    assert fp.read(3) == b"".join(chunks)[5:8]
+    spool.close()
+    if on_disk:
+        assert fp.closed
