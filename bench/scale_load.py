@@ -19,7 +19,13 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from bench.scale_archive import Archive
-from shared.adapters.index_sql import _int, _person_name, name_word_rows, series_columns, study_columns
+from shared.adapters.index_sql_columns import (
+    integer,
+    name_word_rows,
+    person_name,
+    series_columns,
+    study_columns,
+)
 from shared.adapters.index_sql_schema import CREATED, instances, make_engine, series, studies
 from shared.adapters.index_sql_schema import name_words as words_table
 
@@ -49,9 +55,7 @@ class LoadStats:
 
 def word_rows(study_pk: int, attrs: dict[str, Any]) -> list[dict[str, Any]]:
     """The name-word rows of a study, exactly as the SQL index writes them."""
-    return name_word_rows(
-        study_pk, _person_name(attrs, "00100010", 324), _person_name(attrs, "00080090", 324)
-    )
+    return name_word_rows(study_pk, person_name(attrs, "00100010", 324), person_name(attrs, "00080090", 324))
 
 
 class SqlRows:
@@ -109,7 +113,7 @@ class SqlRows:
                     "study_pk": study_pk,
                     "series_pk": series_pk,
                     "sop_class_uid": record.sop_class_uid,
-                    "instance_number": _int(record.instance_attrs, "00200013"),
+                    "instance_number": integer(record.instance_attrs, "00200013"),
                     "status": CREATED,
                     "version": record.version,
                     "pending_version": None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, select, update
@@ -14,6 +13,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared.adapters import index_sql_changes as changefeed
 from shared.adapters import index_sql_stability as stability
+from shared.adapters.index_sql_columns import (
+    integer,
+    name_word_rows,
+    series_columns,
+    study_columns,
+)
 from shared.adapters.index_sql_schema import (
     CREATED,
     PENDING,
@@ -25,9 +30,7 @@ from shared.adapters.index_sql_schema import (
 )
 from shared.adapters.index_sql_schema import name_words as words
 from shared.adapters.index_sql_search import search
-from shared.core.attributes import date_key, name_groups, name_words, time_key
 from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery
-from shared.core.dicomjson import first_value
 from shared.core.errors import Conflict, Unavailable
 from shared.core.model import InstanceRecord, InstanceUids, PendingInstance, SearchHit, StoredInstance
 from shared.core.query import Query
@@ -35,95 +38,6 @@ from shared.core.query import Query
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _str(attrs: dict[str, Any], tag: str, width: int) -> str | None:
-    value = first_value(attrs, tag)
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text[:width] if text else None
-
-
-def _person_name(attrs: dict[str, Any], tag: str, width: int) -> str | None:
-    """A PN in its PS3.5 form "Alphabetic=Ideographic=Phonetic" (trailing empty groups dropped), so
-    that ideographic and phonetic queries find it too."""
-    values = (attrs.get(tag) or {}).get("Value") or []
-    value = values[0] if values else None
-    if not isinstance(value, dict):
-        return _str(attrs, tag, width)
-    groups = [str(value.get(g) or "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
-    text = "=".join(groups).rstrip("=").strip()
-    return text[:width] if text else None
-
-
-def _date(attrs: dict[str, Any], tag: str) -> str | None:
-    value = _str(attrs, tag, 16)
-    return date_key(value) if value else None
-
-
-def _time(attrs: dict[str, Any], tag: str) -> str | None:
-    value = _str(attrs, tag, 32)
-    return time_key(value) if value else None
-
-
-@lru_cache(maxsize=1024)
-def _name_groups(name: str) -> tuple[str, ...]:
-    """name_groups, remembered: every instance of a study brings the same names again."""
-    return tuple(name_groups(name))
-
-
-def _norm(name: str | None) -> str | None:
-    """The first (alphabetic) component group, normalized: what name queries in Latin script match."""
-    groups = _name_groups(name) if name else ()
-    return groups[0][:324] if groups else None
-
-
-def _groups(name: str | None) -> str | None:
-    """Every component group, normalized, as `=G1=G2=`: what ideographic and phonetic queries match."""
-    groups = _name_groups(name) if name else ()
-    return f"={'='.join(groups)}="[:340] if groups else None
-
-
-def _int(attrs: dict[str, Any], tag: str) -> int | None:
-    value = first_value(attrs, tag)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def study_columns(attrs: dict[str, Any]) -> dict[str, Any]:
-    patient = _person_name(attrs, "00100010", 324)
-    referring = _person_name(attrs, "00080090", 324)
-    return {
-        "patient_name": patient,
-        "patient_name_norm": _norm(patient),
-        "patient_name_groups": _groups(patient),
-        "patient_id": _str(attrs, "00100020", 64),
-        "patient_birth_date": _date(attrs, "00100030"),
-        "patient_sex": _str(attrs, "00100040", 16),
-        "study_date": _date(attrs, "00080020"),
-        "study_time": _time(attrs, "00080030"),
-        "accession_number": _str(attrs, "00080050", 16),
-        "referring_physician_name": referring,
-        "referring_physician_norm": _norm(referring),
-        "referring_physician_groups": _groups(referring),
-        "study_id": _str(attrs, "00200010", 16),
-        "study_description": _str(attrs, "00081030", 64),
-        "attrs": attrs,
-    }
-
-
-def series_columns(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "modality": _str(attrs, "00080060", 16),
-        "series_number": _int(attrs, "00200011"),
-        "series_description": _str(attrs, "0008103E", 64),
-        "pps_start_date": _date(attrs, "00400244"),
-        "pps_start_time": _time(attrs, "00400245"),
-        "attrs": attrs,
-    }
 
 
 _STUDY_COLUMNS = tuple(study_columns({}))
@@ -186,15 +100,6 @@ _UPDATE_SAME_NAMES = (
 )
 _DELETE_WORDS = delete(words).where(words.c.study_pk == bindparam("w_study_pk"))
 _INSERT_WORDS = words.insert()
-
-
-def name_word_rows(study_pk: int, patient: str | None, referring: str | None) -> list[dict[str, Any]]:
-    """The name_words rows of a study: a function of its two name columns alone."""
-    return [
-        {"study_pk": study_pk, "kind": kind, "word": word[:64]}
-        for kind, name in (("P", patient), ("R", referring))
-        for word in dict.fromkeys(name_words(name or ""))
-    ]
 
 
 class SqlMetadataIndex:
@@ -308,7 +213,7 @@ class SqlMetadataIndex:
                 "study_pk": study_pk,
                 "series_pk": series_pk,
                 "sop_class_uid": record.sop_class_uid,
-                "instance_number": _int(record.instance_attrs, "00200013"),
+                "instance_number": integer(record.instance_attrs, "00200013"),
                 "transfer_syntax": record.transfer_syntax,
                 "number_of_frames": record.number_of_frames,
                 "size": record.size,
