@@ -168,7 +168,9 @@ def build(settings: Settings) -> App:
         inbox=build_container(settings, settings.inbox_container),
         failed=build_container(settings, settings.failed_container),
         events=events,
-        publisher=ChangePublisher(index, events, partition=settings.partition),
+        publisher=ChangePublisher(
+            index, events, partition=settings.partition, batch_seconds=settings.events_batch_ms / 1000
+        ),
     )
 
 

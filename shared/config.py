@@ -89,6 +89,7 @@ class Settings:
     servicebus_namespace: str | None  # fully qualified namespace, managed identity
     events_queue: str
     events_max_delivery: int
+    events_batch_ms: int  # changes are published at most this long after they commit, in batches
     study_quiet_seconds: int
 
     @classmethod
@@ -163,5 +164,6 @@ class Settings:
             servicebus_namespace=sb_namespace,
             events_queue=env.get("DICOMWEB_EVENTS_QUEUE") or "dicom-events",
             events_max_delivery=_int(env, "DICOMWEB_EVENTS_MAX_DELIVERY", 10, minimum=1),
+            events_batch_ms=_int(env, "DICOMWEB_EVENTS_BATCH_MS", 50),
             study_quiet_seconds=_int(env, "DICOMWEB_STUDY_QUIET_SECONDS", 300, minimum=1),
         )

@@ -26,10 +26,19 @@ class ChangePublisher:
     may publish the same entries again; that only makes duplicates, which carry the same id.
     """
 
-    def __init__(self, index: MetadataIndex, queue: EventQueue, *, partition: str = "default") -> None:
+    def __init__(
+        self,
+        index: MetadataIndex,
+        queue: EventQueue,
+        *,
+        partition: str = "default",
+        batch_seconds: float = 0.0,
+    ) -> None:
         self._index = index
         self._queue = queue
         self._partition = partition
+        self._batch_seconds = batch_seconds
+        self._scheduled = False  # a publish_soon timer is pending (guarded by _state)
         self._lock = threading.Lock()
         self._state = threading.Lock()  # guards the two flags below
         self._requested = False
@@ -75,6 +84,36 @@ class ChangePublisher:
         finally:
             with self._state:
                 self._running = False
+
+    @property
+    def batching(self) -> bool:
+        """True when publish_soon only schedules (it never blocks then)."""
+        return self._batch_seconds > 0
+
+    def publish_soon(self) -> None:
+        """What the web layer calls after a STOW or delete: publish within `batch_seconds`, in one
+        batch with every other change of that window, without blocking the caller.
+
+        One timer per window, whatever the number of requests in it: a STOW of one instance per
+        request would otherwise cost an index read, a queue send and an index write each. With no
+        window (0), it publishes now, as publish_after_change. A change committed before this call
+        is in the batch; a process that dies before the timer fires leaves it to the timer function.
+        """
+        if self._batch_seconds <= 0:
+            self.publish_after_change()
+            return
+        with self._state:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        timer = threading.Timer(self._batch_seconds, self._publish_scheduled)
+        timer.daemon = True
+        timer.start()
+
+    def _publish_scheduled(self) -> None:
+        with self._state:
+            self._scheduled = False  # a change committed from here on schedules the next batch
+        self.publish_after_change()
 
     def announce_stable_studies(
         self, quiet_seconds: float, now: datetime | None = None, limit: int = 100

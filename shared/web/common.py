@@ -69,19 +69,22 @@ def base_url(request: Request, app: App) -> str:
 
 
 async def publishing_events(app: App, handler: Awaitable[Response]) -> Response:
-    """Await a handler that changes the store, then publish the events of what changed.
+    """Await a handler that changes the store, then have the events of what changed published.
 
-    The events go out once the response is sent (a background task of the response, which runs in
-    the Functions worker's web server as in the dev host), so the client never waits for them; if
-    the handler raises, they are published before the error answer. Publishing never raises, and
-    the change feed keeps what it could not publish for the timer.
+    The client never waits for them: they go out in the publisher's next batch (a timer,
+    DICOMWEB_EVENTS_BATCH_MS), or with no batching once the response is sent (a background task of
+    the response, which runs in the Functions worker's web server as in the dev host). Publishing
+    never raises, and the change feed keeps what it could not publish for the timer function.
     """
     try:
         response = await handler
     except BaseException:
-        await run_in_threadpool(app.publisher.publish_after_change)
+        await run_in_threadpool(app.publisher.publish_soon)  # a change may precede the error
         raise
-    response.background = BackgroundTask(app.publisher.publish_after_change)
+    if app.publisher.batching:
+        app.publisher.publish_soon()  # only starts the window's timer
+    else:
+        response.background = BackgroundTask(app.publisher.publish_soon)
     return response
 
 

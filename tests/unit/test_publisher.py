@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -358,7 +359,9 @@ class Client:
 @pytest.fixture
 def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[App, Client]:
     """An app built from default settings in a temporary folder, and a client of its handlers."""
-    app = build(Settings.from_env({"DICOMWEB_DATA_DIR": str(tmp_path / "data")}))
+    app = build(
+        Settings.from_env({"DICOMWEB_DATA_DIR": str(tmp_path / "data"), "DICOMWEB_EVENTS_BATCH_MS": "0"})
+    )
     client = Client(app)
     monkeypatch.setattr(web_stow, "app_for", lambda request: client.app)
     monkeypatch.setattr(web_delete, "app_for", lambda request: client.app)
@@ -454,10 +457,12 @@ def test_the_events_blueprint_is_one_timer_that_publishes_then_announces(
 
 # --- publishing_events: after the response, or before an error answer --------------------------
 class CountingPublisher:
+    batching = False
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def publish_after_change(self) -> None:
+    def publish_soon(self) -> None:
         self.calls += 1
 
 
@@ -483,3 +488,39 @@ def test_events_go_out_after_the_response_is_sent_and_before_an_error_answer() -
     with pytest.raises(RuntimeError):
         asyncio.run(publishing_events(app, fail()))
     assert publisher.calls == 2, "a change may precede the error: published before it is answered"
+
+
+class CountingQueue:
+    """The in-process queue, counting the batches sent to it."""
+
+    def __init__(self, inner: InProcessEventQueue) -> None:
+        self.inner = inner
+        self.batches = 0
+
+    def publish(self, events: Any) -> None:
+        self.batches += 1
+        self.inner.publish(events)
+
+
+def test_stores_within_the_batch_window_are_published_together_after_it(tmp_path: Path) -> None:
+    """DICOMWEB_EVENTS_BATCH_MS: the web layer only schedules; one batch carries the window's changes."""
+    app = build(
+        Settings.from_env({"DICOMWEB_DATA_DIR": str(tmp_path / "data"), "DICOMWEB_EVENTS_BATCH_MS": "300"})
+    )
+    inner = app.events
+    assert isinstance(inner, InProcessEventQueue)
+    queue = CountingQueue(inner)
+    publisher = ChangePublisher(app.service.index, queue, batch_seconds=0.3)
+    client = Client(dataclasses.replace(app, publisher=publisher))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(web_stow, "app_for", lambda request: client.app)
+        patch.setattr(web_delete, "app_for", lambda request: client.app)
+        study = _stow(client)
+        assert client.request("DELETE", f"/studies/{study}").status_code == 204
+        assert inner.pending() == [], "nothing yet: the window is open"
+        deadline = time.monotonic() + 10
+        while not inner.pending() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert [m.subject for m in inner.pending()] == [INSTANCE_CREATED, INSTANCE_DELETED]
+    assert queue.batches == 1
+    assert app.service.index.unpublished_changes(10) == []
