@@ -172,7 +172,7 @@ async def _store_multipart(
                         await stored.add_outcome(refused)
                     elif spool is not None:
                         current, spool = spool, None
-                        await stored.add(_part(app, current, size, part_type, study))
+                        await stored.add(_part(app, current, size, part_type, study), current)
             if over:
                 raise _Truncated(
                     await stored.outcomes(), f"the request is larger than the limit of {limits.request} bytes"
@@ -204,8 +204,14 @@ class _Pipeline:
     def count(self) -> int:
         return len(self._done) + (self._running is not None)
 
-    async def add(self, store: Coroutine[Any, Any, StoreOutcome]) -> None:
-        await self.settle()
+    async def add(self, store: Coroutine[Any, Any, StoreOutcome], spool: _Spool) -> None:
+        """Start storing a part (its spool is closed by `store`) once the previous store is done."""
+        try:
+            await self.settle()
+        except BaseException:
+            store.close()  # never started: its own cleanup will not run
+            spool.close()
+            raise
         self._running = asyncio.ensure_future(store)
 
     async def add_outcome(self, outcome: StoreOutcome) -> None:
@@ -213,10 +219,22 @@ class _Pipeline:
         self._done.append(outcome)
 
     async def settle(self) -> None:
-        """Wait for the store under way (also when the request is being cancelled)."""
-        running, self._running = self._running, None
-        if running is not None:
-            self._done.append(await asyncio.shield(running))
+        """Wait for the store under way. If the request is cancelled meanwhile, the store (in its
+        thread) still finishes, and is waited for, before the cancellation goes on."""
+        running = self._running
+        if running is None:
+            return
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if not running.done():
+                await asyncio.wait([running])
+            raise
+        finally:
+            if running.done():
+                self._running = None
+                if not running.cancelled() and running.exception() is None:
+                    self._done.append(running.result())
 
     async def outcomes(self) -> list[StoreOutcome]:
         await self.settle()
