@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Coroutine, Mapping, Sequence
@@ -137,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if applied:
         logger.info("local.settings.json set %d variables: %s", len(applied), ", ".join(sorted(applied)))
     workers = _workers(os.environ)
+    if workers > 1 and not hasattr(os, "fork"):
+        logger.warning("DEVHOST_WORKERS=%d needs fork (Linux, macOS): serving with one process", workers)
+        workers = 1
     if workers > 1:
         _serve_workers(args, log_level, workers)
         return
@@ -175,10 +179,12 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    if "fork" in multiprocessing.get_all_start_methods():  # not on Windows: spawned there
-        load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
-        uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
-        gc.freeze()  # what is imported stays out of the collector's passes, which would un-share it
+    load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
+    uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
+    # A forked worker starts with the supervisor's signal handlers (which only queue the signal
+    # for the supervisor's loop) until its server installs its own: back to the defaults.
+    os.register_at_fork(after_in_child=_default_signal_handlers)
+    gc.freeze()  # what is imported stays out of the collector's passes, which would un-share it
 
     config = uvicorn.Config(
         "devhost.__main__:worker_app",
@@ -191,6 +197,7 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
         workers=workers,
     )
     sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections wait in the backlog until a worker accepts them
     port = int(sock.getsockname()[1])
     handle, lock_path = tempfile.mkstemp(prefix="devhost-triggers-", suffix=".lock")
     os.close(handle)
@@ -204,6 +211,13 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
         sock.close()
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
+
+
+def _default_signal_handlers() -> None:
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGTTIN", "SIGTTOU"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

@@ -18,13 +18,15 @@ WEBSITE_TIME_ZONE (timers; UTC when unset).
 With several worker processes (DEVHOST_WORKERS), every worker dispatches the Service Bus messages
 of its own in-process queue, and one worker only, the holder of an exclusive lock on a file
 (`primary_lock`), runs the blob watchers and the timers: two watchers would ingest a file twice
-and two timers would double every run. A worker that dies releases the lock with its process, and
-the worker started in its place takes it.
+and two timers would double every run. The others try the lock again every blob poll interval: a
+worker that stops (it dies, or a restart replaces it) releases the lock with its process, and one
+of them takes its triggers over.
 """
 
 from __future__ import annotations
 
-import fcntl
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +35,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from starlette.concurrency import run_in_threadpool
+
+try:  # POSIX; the dev host runs one worker process where it is missing (Windows)
+    import fcntl
+except ImportError:  # pragma: no cover - not on the CI's Linux
+    fcntl = None  # type: ignore[assignment]
 
 from devhost.bindings import BlobPath, resolve_settings
 from devhost.blob_events import DEFAULT_MAX_TRIES, DEFAULT_POLL_SECONDS, DEFAULT_SETTLE_SECONDS, BlobWatcher
@@ -120,11 +127,12 @@ class TriggerHost:
         self.timers: list[TimerScheduler] = []
         self._primary_lock = primary_lock
         self._lock_file: IO[bytes] | None = None
+        self._claiming: asyncio.Task[None] | None = None
         self.primary = primary_lock is None
 
     def _claim_primary(self) -> bool:
         """True when this process runs the blob watchers and timers (see the module docstring)."""
-        if self._primary_lock is None:
+        if self._primary_lock is None or fcntl is None:
             return True
         handle = open(self._primary_lock, "ab")  # noqa: SIM115 - held open for the process's life
         try:
@@ -139,19 +147,15 @@ class TriggerHost:
         self.primary = self._claim_primary()
         if self.primary:
             self._start_timers()
-        else:
-            logger.info("blob and timer triggers run in another worker process")
         if (self.blob_specs and self.primary) or self.servicebus_specs:
-            try:
-                app = await run_in_threadpool(self._app_provider)
-            except Exception:
-                logger.exception(
-                    "cannot build the app's stores: blob and Service Bus triggers are not served"
-                )
-            else:
+            app = await self._app()
+            if app is not None:
                 if self.primary:
                     await self._start_blobs(app)
                 self._start_servicebus(app)
+        if not self.primary:
+            logger.info("blob and timer triggers run in another worker process")
+            self._claiming = asyncio.create_task(self._claim_later())
         logger.info(
             "triggers: %d blob watcher(s), %d Service Bus dispatcher(s), %d timer(s)",
             len(self.watchers),
@@ -159,7 +163,32 @@ class TriggerHost:
             len(self.timers),
         )
 
+    async def _app(self) -> Any:
+        try:
+            return await run_in_threadpool(self._app_provider)
+        except Exception:
+            logger.exception("cannot build the app's stores: blob and Service Bus triggers are not served")
+            return None
+
+    async def _claim_later(self) -> None:
+        """A worker without the lock tries again every poll interval: the holder may stop (a
+        restart replaces workers one by one) and somebody must take its triggers over."""
+        while not self._claim_primary():
+            await asyncio.sleep(self.settings.blob_poll_seconds)
+        self.primary = True
+        logger.info("this worker process now runs the blob and timer triggers")
+        self._start_timers()
+        if self.blob_specs:
+            app = await self._app()
+            if app is not None:
+                await self._start_blobs(app)
+
     async def stop(self, grace_seconds: float = 10.0) -> None:
+        if self._claiming is not None:
+            self._claiming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claiming
+            self._claiming = None
         for watcher in self.watchers:
             await watcher.stop(grace_seconds)
         for dispatcher in self.dispatchers:
