@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any
+
+try:  # POSIX; elsewhere writers of one process still take turns, and SQLite's busy handler does the rest
+    import fcntl
+except ImportError:  # pragma: no cover - not on the CI's Linux
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import (
     JSON,
@@ -30,6 +35,8 @@ from sqlalchemy import (
     event,
     text,
 )
+
+from shared.core.errors import Unavailable
 
 metadata = MetaData()
 
@@ -234,23 +241,46 @@ class SqliteWriterLock:
 
     SQLite's own busy handler makes a writer that finds the database locked sleep 1, 2, 5 ... up to
     100 ms before it tries again, however soon the lock is free: with several writers (threads or
-    worker processes) that sleeping, not the writing, would set the pace. A waiter here wakes as
-    soon as the lock is released. Re-entrant within a thread.
+    worker processes) that sleeping, not the writing, would set the pace. A writer waiting here
+    tries again every half millisecond, and gives up like SQLite after `timeout` seconds (the index
+    is then Unavailable: 503). Re-entrant within a thread.
     """
 
-    def __init__(self, database: str) -> None:
+    _POLL_SECONDS = 0.0005
+
+    def __init__(self, database: str, timeout: float = 30.0) -> None:
         self._path = f"{database}.writelock"
+        self._timeout = timeout
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
 
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+    def _lock_file(self) -> None:
+        if fcntl is None:
+            return
+        fd = self._open()
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Unavailable("the index database is busy; retry later") from None
+                time.sleep(self._POLL_SECONDS)
+
     def __enter__(self) -> None:
-        self._thread_lock.acquire()
+        if not self._thread_lock.acquire(timeout=self._timeout):
+            raise Unavailable("the index database is busy; retry later")
         try:
             if self._depth == 0:
-                if self._fd is None:
-                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._lock_file()
             self._depth += 1
         except BaseException:
             self._thread_lock.release()
@@ -259,7 +289,7 @@ class SqliteWriterLock:
     def __exit__(self, *_exc: object) -> None:
         try:
             self._depth -= 1
-            if self._depth == 0 and self._fd is not None:
+            if self._depth == 0 and self._fd is not None and fcntl is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()

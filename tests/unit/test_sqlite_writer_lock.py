@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine
 
 from shared.adapters.index_sql_schema import SqliteWriterLock, writer_lock
@@ -100,3 +101,34 @@ def test_only_a_sqlite_file_gets_a_lock(tmp_path: Path) -> None:
     assert isinstance(
         writer_lock(create_engine("postgresql+psycopg://u@127.0.0.1/db")), contextlib.nullcontext
     )
+
+
+def test_a_writer_gives_up_as_unavailable_when_the_lock_stays_held(tmp_path: Path) -> None:
+    """Like SQLite's busy timeout: a holder that never lets go (a stopped worker) is a 503, not a hang."""
+    from shared.core.errors import Unavailable
+
+    database = str(tmp_path / "index.sqlite3")
+    holder = SqliteWriterLock(database)
+    waiter = SqliteWriterLock(database, timeout=0.2)
+    with holder, pytest.raises(Unavailable):  # noqa: SIM117 - the inner block must not run
+        with waiter:
+            pass
+    with waiter:  # free again
+        pass
+
+
+def test_the_lock_file_descriptor_is_closed_with_its_lock(tmp_path: Path) -> None:
+    import gc
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for n in range(20):
+        lock = SqliteWriterLock(str(tmp_path / f"index{n}.sqlite3"))
+        with lock:
+            pass
+        del lock
+    gc.collect()
+    assert open_fds() <= before
