@@ -110,9 +110,8 @@ def test_a_writer_gives_up_as_unavailable_when_the_lock_stays_held(tmp_path: Pat
     database = str(tmp_path / "index.sqlite3")
     holder = SqliteWriterLock(database)
     waiter = SqliteWriterLock(database, timeout=0.2)
-    with holder, pytest.raises(Unavailable):  # noqa: SIM117 - the inner block must not run
-        with waiter:
-            pass
+    with holder, pytest.raises(Unavailable), waiter:
+        pass
     with waiter:  # free again
         pass
 
