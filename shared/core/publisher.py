@@ -1,8 +1,9 @@
-"""Publishing the change feed as events: after each change, on a timer, and once a study is quiet.
+"""Publishing the change feed as events: in short batches after changes, on a timer, and once a
+study is quiet.
 
 The change feed in the index is the source of truth. An entry stays "unpublished" until the event
 queue has accepted its event, so a crash or a queue outage between the commit and the publish loses
-nothing: the next call (after the next request, or the timer) publishes it. Delivery is therefore
+nothing: the next batch, or the timer function, publishes it. Delivery is therefore
 at least once; event ids are stable, so a republished event is a duplicate that Service Bus duplicate
 detection and consumers drop.
 """
@@ -38,7 +39,7 @@ class ChangePublisher:
         self._queue = queue
         self._partition = partition
         self._batch_seconds = batch_seconds
-        self._scheduled = False  # a publish_soon timer is pending (guarded by _state)
+        self._timer: threading.Timer | None = None  # the open batch window (guarded by _state)
         self._lock = threading.Lock()
         self._state = threading.Lock()  # guards the two flags below
         self._requested = False
@@ -62,7 +63,7 @@ class ChangePublisher:
                     return published
 
     def publish_after_change(self) -> None:
-        """What the web layer calls after a STOW or delete: publish, never raise, never pile up.
+        """Publish now (blob-drop ingestion, and each batch of publish_soon): never raise, never pile up.
 
         Calls that arrive while another thread is publishing only ask it to go round once more (so
         an entry committed meanwhile is not left for the timer), instead of queuing on the lock. A
@@ -103,16 +104,18 @@ class ChangePublisher:
             self.publish_after_change()
             return
         with self._state:
-            if self._scheduled:
+            if self._timer is not None:
                 return
-            self._scheduled = True
-        timer = threading.Timer(self._batch_seconds, self._publish_scheduled)
-        timer.daemon = True
-        timer.start()
+            self._timer = threading.Timer(self._batch_seconds, self.flush)
+            self._timer.daemon = True
+            self._timer.start()
 
-    def _publish_scheduled(self) -> None:
+    def flush(self) -> None:
+        """Publish the batch of the open window now (its timer does; so can a test or a shutdown)."""
         with self._state:
-            self._scheduled = False  # a change committed from here on schedules the next batch
+            timer, self._timer = self._timer, None  # a change committed from here on opens the next
+        if timer is not None:
+            timer.cancel()  # no effect when it is the timer calling
         self.publish_after_change()
 
     def announce_stable_studies(
