@@ -180,7 +180,10 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
-    uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
+    if hasattr(uvicorn._subprocess, "spawn"):  # uvicorn 0.55's name; otherwise workers are spawned
+        uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
+    else:
+        logger.warning("this uvicorn has no _subprocess.spawn: workers are spawned, not forked")
     # A forked worker starts with the supervisor's signal handlers (which only queue the signal
     # for the supervisor's loop) until its server installs its own: back to the defaults.
     os.register_at_fork(after_in_child=_default_signal_handlers)
