@@ -41,7 +41,7 @@ class ChangePublisher:
         self._batch_seconds = batch_seconds
         self._timer: threading.Timer | None = None  # the open batch window (guarded by _state)
         self._lock = threading.Lock()
-        self._state = threading.Lock()  # guards the two flags below
+        self._state = threading.Lock()  # guards the two flags below and the window timer above
         self._requested = False
         self._running = False
 
