@@ -6,15 +6,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, text, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 
-from shared.adapters.index_sql_schema import CREATED, changes, instances
+from shared.adapters.index_sql_schema import ADVISORY_XACT_LOCK, CREATED, changes, instances
 from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery, ChangeState
 from shared.core.model import InstanceUids
 
 _CHANGE_LOCK = 0x44494353  # "DICS": the advisory lock that orders change-feed appends on PostgreSQL
 # Built once, like every statement of the store path (index_sql.py says why).
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _APPEND = changes.insert()
 _MARK_PUBLISHED = (
     update(changes)
@@ -33,7 +32,7 @@ def append_change(
     if conn.dialect.name == "postgresql":
         # Sequences are handed out at insert time, not at commit: without this lock a reader could
         # page past a lower sequence that commits later and never see it.
-        conn.execute(_LOCK, {"key": _CHANGE_LOCK})
+        conn.execute(ADVISORY_XACT_LOCK, {"key": _CHANGE_LOCK})
     conn.execute(
         _APPEND,
         {

@@ -222,6 +222,8 @@ def make_engine(url: str) -> Engine:
 
 
 _SCHEMA_LOCK = 0x44574D31  # "DWM1": an advisory lock key of this schema's creation
+# PostgreSQL: a lock held until the transaction ends, on a key (built once, used on hot paths too).
+ADVISORY_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def _create_schema(engine: Engine) -> None:
@@ -231,7 +233,7 @@ def _create_schema(engine: Engine) -> None:
         conn = conn.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE takes the write lock
         with conn.begin():
             if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                conn.execute(ADVISORY_XACT_LOCK, {"key": _SCHEMA_LOCK})
             metadata.create_all(conn)
 
 
