@@ -81,6 +81,8 @@ class Settings:
     bulk_data_threshold: int
     overwrite_existing: bool
     spool_memory_bytes: int
+    store_batch_parts: int  # STOW: parts received while a batch is stored go together as the next
+    store_batch_bytes: int
     public_base_url: str | None
     inbox_container: str  # blob drop: files written here are ingested like a STOW
     failed_container: str  # ... and those that cannot be stored are moved here with a JSON report
@@ -156,6 +158,8 @@ class Settings:
             bulk_data_threshold=_int(env, "DICOMWEB_BULKDATA_THRESHOLD", 1024, minimum=0),
             overwrite_existing=_bool(env, "DICOMWEB_OVERWRITE_EXISTING", False),
             spool_memory_bytes=_int(env, "DICOMWEB_SPOOL_MEMORY_BYTES", 8 * 1024**2, minimum=0),
+            store_batch_parts=_int(env, "DICOMWEB_STORE_BATCH_PARTS", 100, minimum=1),
+            store_batch_bytes=_int(env, "DICOMWEB_STORE_BATCH_BYTES", 8 * 1024**2, minimum=1),
             public_base_url=(env.get("DICOMWEB_PUBLIC_BASE_URL") or None),
             inbox_container=env.get("DICOMWEB_INBOX_CONTAINER") or "inbox",
             failed_container=env.get("DICOMWEB_FAILED_CONTAINER") or "inbox-failed",

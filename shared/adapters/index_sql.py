@@ -30,6 +30,7 @@ from shared.adapters.index_sql_schema import (
 )
 from shared.adapters.index_sql_schema import name_words as words
 from shared.adapters.index_sql_search import search
+from shared.core.batch import begin_each, commit_each
 from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery
 from shared.core.errors import Conflict, Unavailable
 from shared.core.model import InstanceRecord, InstanceUids, PendingInstance, SearchHit, StoredInstance
@@ -102,6 +103,10 @@ _DELETE_WORDS = delete(words).where(words.c.study_pk == bindparam("w_study_pk"))
 _INSERT_WORDS = words.insert()
 
 
+class _OneFailed(Exception):
+    """An item of a batch commit lost its pending instance: the batch is undone and retried item by item."""
+
+
 class SqlMetadataIndex:
     def __init__(self, url: str, partition: str = "default", engine: Engine | None = None) -> None:
         self._engine = engine or make_engine(url)
@@ -147,89 +152,138 @@ class SqlMetadataIndex:
 
     # --- store -------------------------------------------------------------------------------
     def begin_instance(self, record: InstanceRecord, *, replace: bool) -> PendingInstance:
-        uids = record.uids
-        now = _now()
         try:
             with self._tx(write=True) as conn:
-                inserted = conn.execute(
-                    self._insert_pending,
-                    {
-                        "partition": self._partition,
-                        "study_uid": uids.study,
-                        "series_uid": uids.series,
-                        "sop_instance_uid": uids.instance,
-                        "sop_class_uid": record.sop_class_uid,
-                        "status": PENDING,
-                        "version": record.version,
-                        "transfer_syntax": record.transfer_syntax,
-                        "number_of_frames": record.number_of_frames,
-                        "size": record.size,
-                        "updated_at": now,
-                    },
-                ).rowcount
-                if inserted == 1:
-                    return PendingInstance(uids, record.version, None)
-                row = conn.execute(
-                    _INSTANCE_ROW, {"w_partition": self._partition, "w_sop": uids.instance}
-                ).first()
-                if row is None:  # PostgreSQL: the row that stopped the insert is gone (aborted) since
-                    raise Conflict("the instance is being stored by another request")
-                if (row.study_uid, row.series_uid) != (uids.study, uids.series):
-                    raise Conflict("an instance with this SOP Instance UID exists in another study or series")
-                if row.status == PENDING:
-                    # A store that never committed (failed or crashed): take it over with a new version.
-                    conn.execute(
-                        _TAKE_OVER_PENDING,
-                        {
-                            "w_id": row.id,
-                            "version": record.version,
-                            "sop_class_uid": record.sop_class_uid,
-                            "updated_at": now,
-                        },
-                    )
-                    return PendingInstance(uids, record.version, None)
-                if not replace:
-                    raise Conflict("the instance already exists")
-                conn.execute(
-                    _BEGIN_REPLACE, {"w_id": row.id, "pending_version": record.version, "updated_at": now}
-                )
-                return PendingInstance(uids, record.version, row.version)
+                return self._begin(conn, record, replace, _now())
         except IntegrityError:
             raise Conflict("the instance is being stored by another request") from None
 
-    def commit_instance(self, record: InstanceRecord, pending: PendingInstance) -> None:
-        uids = record.uids
+    def begin_instances(
+        self, records: Sequence[InstanceRecord], *, replace: bool
+    ) -> list[PendingInstance | Exception]:
+        """One write transaction for all; should it fail as a whole (a PostgreSQL race on one
+        insert), each record is begun on its own so that no record decides another's answer."""
+        if len(records) == 1:
+            return begin_each(self, records, replace=replace)
         now = _now()
-        with self._tx(write=True) as conn:
-            study_pk = self._write_study(conn, uids.study, study_columns(record.study_attrs), now)
-            series_pk = conn.execute(
-                self._upsert_series,
-                {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)},
-            ).scalar_one()
-            values = {
-                "w_partition": self._partition,
-                "w_sop": uids.instance,
-                "w_version": pending.version,
-                "study_pk": study_pk,
-                "series_pk": series_pk,
+        results: list[PendingInstance | Exception] = []
+        try:
+            with self._tx(write=True) as conn:
+                for record in records:
+                    try:
+                        results.append(self._begin(conn, record, replace, now))
+                    except Conflict as exc:  # raised before this record wrote anything
+                        results.append(exc)
+        except Unavailable as exc:
+            return [exc] * len(records)
+        except Exception:
+            return begin_each(self, records, replace=replace)
+        return results
+
+    def _begin(
+        self, conn: Connection, record: InstanceRecord, replace: bool, now: datetime
+    ) -> PendingInstance:
+        uids = record.uids
+        inserted = conn.execute(
+            self._insert_pending,
+            {
+                "partition": self._partition,
+                "study_uid": uids.study,
+                "series_uid": uids.series,
+                "sop_instance_uid": uids.instance,
                 "sop_class_uid": record.sop_class_uid,
-                "instance_number": integer(record.instance_attrs, "00200013"),
+                "status": PENDING,
+                "version": record.version,
                 "transfer_syntax": record.transfer_syntax,
                 "number_of_frames": record.number_of_frames,
                 "size": record.size,
-                "attrs": record.instance_attrs,
                 "updated_at": now,
-            }
-            if pending.replaces is None:
-                stmt = _COMMIT_CREATE
-            else:
-                stmt = _COMMIT_REPLACE
-                values["version"] = pending.version
-            if conn.execute(stmt, values).rowcount != 1:
+            },
+        ).rowcount
+        if inserted == 1:
+            return PendingInstance(uids, record.version, None)
+        row = conn.execute(_INSTANCE_ROW, {"w_partition": self._partition, "w_sop": uids.instance}).first()
+        if row is None:  # PostgreSQL: the row that stopped the insert is gone (aborted) since
+            raise Conflict("the instance is being stored by another request")
+        if (row.study_uid, row.series_uid) != (uids.study, uids.series):
+            raise Conflict("an instance with this SOP Instance UID exists in another study or series")
+        if row.status == PENDING:
+            # A store that never committed (failed or crashed): take it over with a new version.
+            conn.execute(
+                _TAKE_OVER_PENDING,
+                {
+                    "w_id": row.id,
+                    "version": record.version,
+                    "sop_class_uid": record.sop_class_uid,
+                    "updated_at": now,
+                },
+            )
+            return PendingInstance(uids, record.version, None)
+        if not replace:
+            raise Conflict("the instance already exists")
+        conn.execute(_BEGIN_REPLACE, {"w_id": row.id, "pending_version": record.version, "updated_at": now})
+        return PendingInstance(uids, record.version, row.version)
+
+    def commit_instance(self, record: InstanceRecord, pending: PendingInstance) -> None:
+        with self._tx(write=True) as conn:
+            if not self._commit(conn, record, pending, _now()):
                 conn.rollback()
                 raise Conflict("the instance was stored concurrently by another request")
-            action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
-            changefeed.append_change(conn, self._partition, action, uids, pending.version, now)
+
+    def commit_instances(
+        self, items: Sequence[tuple[InstanceRecord, PendingInstance]]
+    ) -> list[Exception | None]:
+        """One write transaction for all. Should one item fail (a concurrent store won it), the
+        transaction is undone and each item is committed on its own, so the others still commit."""
+        if len(items) == 1:
+            return commit_each(self, items)
+        now = _now()
+        try:
+            with self._tx(write=True) as conn:
+                for record, pending in items:
+                    if not self._commit(conn, record, pending, now):
+                        raise _OneFailed
+        except Unavailable as exc:
+            return [exc] * len(items)
+        except Exception:
+            return commit_each(self, items)
+        return [None] * len(items)
+
+    def _commit(
+        self, conn: Connection, record: InstanceRecord, pending: PendingInstance, now: datetime
+    ) -> bool:
+        """Write the study, series and instance rows and the change; False if the pending instance
+        is no longer this one (the caller must then roll back)."""
+        uids = record.uids
+        study_pk = self._write_study(conn, uids.study, study_columns(record.study_attrs), now)
+        series_pk = conn.execute(
+            self._upsert_series,
+            {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)},
+        ).scalar_one()
+        values = {
+            "w_partition": self._partition,
+            "w_sop": uids.instance,
+            "w_version": pending.version,
+            "study_pk": study_pk,
+            "series_pk": series_pk,
+            "sop_class_uid": record.sop_class_uid,
+            "instance_number": integer(record.instance_attrs, "00200013"),
+            "transfer_syntax": record.transfer_syntax,
+            "number_of_frames": record.number_of_frames,
+            "size": record.size,
+            "attrs": record.instance_attrs,
+            "updated_at": now,
+        }
+        if pending.replaces is None:
+            stmt = _COMMIT_CREATE
+        else:
+            stmt = _COMMIT_REPLACE
+            values["version"] = pending.version
+        if conn.execute(stmt, values).rowcount != 1:
+            return False
+        action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
+        changefeed.append_change(conn, self._partition, action, uids, pending.version, now)
+        return True
 
     def _write_study(self, conn: Connection, study_uid: str, columns: dict[str, Any], now: datetime) -> int:
         """Upsert the study row and keep its name words those of its names; return its key.

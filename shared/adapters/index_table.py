@@ -24,6 +24,7 @@ from shared.adapters.index_table_rows import COMMITTED, instance_sort, series_so
 from shared.adapters.index_table_search import search
 from shared.adapters.index_table_store import Tables, check_name, key
 from shared.adapters.index_table_write import Scope
+from shared.core.batch import begin_each, commit_each
 from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery
 from shared.core.model import InstanceRecord, PendingInstance, SearchHit, StoredInstance
 from shared.core.query import Query
@@ -89,6 +90,17 @@ class TableMetadataIndex:
 
     def abort_instance(self, pending: PendingInstance) -> None:
         write.abort(self._scope, pending)
+
+    # Table storage has no transaction across partitions: a batch is its instances one by one.
+    def begin_instances(
+        self, records: Sequence[InstanceRecord], *, replace: bool
+    ) -> list[PendingInstance | Exception]:
+        return begin_each(self, records, replace=replace)
+
+    def commit_instances(
+        self, items: Sequence[tuple[InstanceRecord, PendingInstance]]
+    ) -> list[Exception | None]:
+        return commit_each(self, items)
 
     # --- read --------------------------------------------------------------------------------------
     def find_instances(

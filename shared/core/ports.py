@@ -44,6 +44,22 @@ class MetadataIndex(Protocol):
     def abort_instance(self, pending: PendingInstance) -> None:
         """Forget a pending instance (its files are deleted by the caller)."""
 
+    def begin_instances(
+        self, records: Sequence[InstanceRecord], *, replace: bool
+    ) -> list[PendingInstance | Exception]:
+        """`begin_instance` for each record, in order, together where the index can (one transaction).
+
+        Each record gets its pending instance, or in its place the exception (Conflict,
+        Unavailable...) that `begin_instance` would have raised for it; this never raises."""
+
+    def commit_instances(
+        self, items: Sequence[tuple[InstanceRecord, PendingInstance]]
+    ) -> list[Exception | None]:
+        """`commit_instance` for each item, in order, together where the index can.
+
+        Each item gets None (now visible) or the exception `commit_instance` would have raised
+        (then it is still pending); this never raises."""
+
     def find_instances(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> list[StoredInstance]:

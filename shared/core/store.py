@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -145,8 +146,41 @@ def _check_indexed_lengths(levels: tuple[dict[str, Any], ...]) -> None:
                 )
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """An instance that passed validation: what its store writes."""
+
+    fp: BinaryIO
+    record: InstanceRecord
+    doc: dict[str, object]
+    frames: FrameIndex
+    outcome: StoreOutcome
+
+    def failed(self, reason: FailureReason, message: str) -> StoreOutcome:
+        o = self.outcome
+        return StoreOutcome(
+            StoreStatus.FAILED,
+            sop_class_uid=o.sop_class_uid,
+            sop_instance_uid=o.sop_instance_uid,
+            study_uid=o.study_uid,
+            series_uid=o.series_uid,
+            reason=reason,
+            message=message,
+        )
+
+
+@dataclass(slots=True)
+class _Begun:
+    prepared: _Prepared
+    pending: PendingInstance
+    written: list[str]
+
+
+_RETRY_LATER = "the instance could not be stored; retry later"
+
+
 class InstanceStore:
-    """The store pipeline shared by STOW-RS and (later) blob-drop ingestion."""
+    """The store pipeline shared by STOW-RS and blob-drop ingestion."""
 
     def __init__(self, blobs: BlobStore, index: MetadataIndex, policy: StorePolicy) -> None:
         self._blobs = blobs
@@ -155,6 +189,35 @@ class InstanceStore:
 
     def store_instance(self, fp: BinaryIO, size: int, *, expected_study: str | None = None) -> StoreOutcome:
         """Store one spooled instance (a seekable file holding exactly its bytes)."""
+        return self.store_instances([(fp, size)], expected_study=expected_study)[0]
+
+    def store_instances(
+        self, parts: Sequence[tuple[BinaryIO, int]], *, expected_study: str | None = None
+    ) -> list[StoreOutcome]:
+        """Store spooled instances, one outcome each, in order.
+
+        Each instance is stored or failed on its own, as `store_instance` would; the index work
+        of the batch is done together (one transaction to begin them all, one to commit them all,
+        where the index can). An instance whose SOP Instance UID repeats one earlier in the batch
+        starts a new batch, so the earlier one is stored first, as it would be one by one."""
+        outcomes: list[StoreOutcome | None] = [None] * len(parts)
+        batch: list[tuple[int, _Prepared]] = []
+        seen: set[str] = set()
+        for position, (fp, size) in enumerate(parts):
+            prepared = self._prepare(fp, size, expected_study)
+            if isinstance(prepared, StoreOutcome):
+                outcomes[position] = prepared
+                continue
+            if prepared.record.uids.instance in seen:
+                self._write(batch, outcomes)
+                batch, seen = [], set()
+            batch.append((position, prepared))
+            seen.add(prepared.record.uids.instance)
+        self._write(batch, outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _prepare(self, fp: BinaryIO, size: int, expected_study: str | None) -> _Prepared | StoreOutcome:
+        """Parse and validate one instance: what its store writes, or the outcome that refuses it."""
         try:
             ds, position = _read_header(fp)
             sop_class = _text(ds.get("SOPClassUID")) or None
@@ -209,61 +272,67 @@ class InstanceStore:
             study_uid=uids.study,
             series_uid=uids.series,
         )
-        return self._write(fp, record, doc, frames, outcome)
+        return _Prepared(fp, record, doc, frames, outcome)
 
-    def _write(
-        self,
-        fp: BinaryIO,
-        record: InstanceRecord,
-        doc: dict[str, object],
-        frames: FrameIndex,
-        outcome: StoreOutcome,
-    ) -> StoreOutcome:
-        def failed(reason: FailureReason, message: str) -> StoreOutcome:
-            return StoreOutcome(
-                StoreStatus.FAILED,
-                sop_class_uid=outcome.sop_class_uid,
-                sop_instance_uid=outcome.sop_instance_uid,
-                study_uid=outcome.study_uid,
-                series_uid=outcome.series_uid,
-                reason=reason,
-                message=message,
-            )
+    def _write(self, batch: list[tuple[int, _Prepared]], outcomes: list[StoreOutcome | None]) -> None:
+        """pending index entries -> files -> commit, for a batch of distinct instances."""
+        if not batch:
+            return
+        begun = self._index.begin_instances(
+            [prepared.record for _, prepared in batch], replace=self._policy.overwrite_existing
+        )
+        written: list[tuple[int, _Begun]] = []
+        for (position, prepared), pending in zip(batch, begun, strict=True):
+            if isinstance(pending, Exception):
+                outcomes[position] = self._refused(prepared, pending)
+                continue
+            entry = _Begun(prepared, pending, [])
+            try:
+                self._write_files(entry)
+            except Exception as exc:
+                self._undo(entry)
+                outcomes[position] = self._refused(prepared, exc)
+                continue
+            written.append((position, entry))
+        if not written:
+            return
+        committed = self._index.commit_instances([(e.prepared.record, e.pending) for _, e in written])
+        for (position, entry), error in zip(written, committed, strict=True):
+            if error is not None:
+                self._undo(entry)
+                outcomes[position] = self._refused(entry.prepared, error)
+                continue
+            outcomes[position] = entry.prepared.outcome
+            if entry.pending.replaces is not None:
+                self._delete_version(entry.prepared.record.uids, entry.pending.replaces)
 
-        try:
-            pending = self._index.begin_instance(record, replace=self._policy.overwrite_existing)
-        except Conflict as exc:
-            return failed(FailureReason.DUPLICATE_SOP_INSTANCE, exc.message)
-        blobs = instance_blobs(self._policy.partition, record.uids, record.version)
-        written: list[str] = []
-        try:
-            fp.seek(0)
-            self._blobs.put(blobs.instance, fp)
-            written.append(blobs.instance)
-            self._blobs.put(blobs.metadata, io.BytesIO(dumps(doc)))
-            written.append(blobs.metadata)
-            self._blobs.put(blobs.frames, io.BytesIO(json.dumps(frames.to_json()).encode()))
-            written.append(blobs.frames)
-            self._index.commit_instance(record, pending)
-        except Exception as exc:
-            self._undo(pending, written)
-            if isinstance(exc, Conflict):
-                return failed(FailureReason.DUPLICATE_SOP_INSTANCE, exc.message)
-            log.error("storing an instance failed: %s", type(exc).__name__)
-            log.debug("store failure", exc_info=True)
-            return failed(FailureReason.PROCESSING_FAILURE, "the instance could not be stored; retry later")
-        if pending.replaces is not None:
-            self._delete_version(record.uids, pending.replaces)
-        return outcome
+    def _write_files(self, entry: _Begun) -> None:
+        prepared = entry.prepared
+        blobs = instance_blobs(self._policy.partition, prepared.record.uids, prepared.record.version)
+        prepared.fp.seek(0)
+        self._blobs.put(blobs.instance, prepared.fp)
+        entry.written.append(blobs.instance)
+        self._blobs.put(blobs.metadata, io.BytesIO(dumps(prepared.doc)))
+        entry.written.append(blobs.metadata)
+        self._blobs.put(blobs.frames, io.BytesIO(json.dumps(prepared.frames.to_json()).encode()))
+        entry.written.append(blobs.frames)
 
-    def _undo(self, pending: PendingInstance, written: list[str]) -> None:
-        for key in written:
+    @staticmethod
+    def _refused(prepared: _Prepared, error: Exception) -> StoreOutcome:
+        if isinstance(error, Conflict):
+            return prepared.failed(FailureReason.DUPLICATE_SOP_INSTANCE, error.message)
+        log.error("storing an instance failed: %s", type(error).__name__)
+        log.debug("store failure", exc_info=error)
+        return prepared.failed(FailureReason.PROCESSING_FAILURE, _RETRY_LATER)
+
+    def _undo(self, entry: _Begun) -> None:
+        for key in entry.written:
             try:
                 self._blobs.delete(key)
             except Exception:
                 log.warning("could not remove a blob while undoing a failed store; a sweep will find it")
         try:
-            self._index.abort_instance(pending)
+            self._index.abort_instance(entry.pending)
         except Exception:
             log.warning("could not remove a pending index entry while undoing a failed store")
 

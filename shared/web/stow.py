@@ -1,8 +1,8 @@
 """STOW-RS over HTTP: the request body is streamed through the multipart reader, part by part.
 
 Each part is spooled (in memory up to a limit, then on disk) and stored in a worker thread while
-the next part is received; a part's spool is gone once it is stored, so memory stays at about two
-parts whatever the size of the request.
+the next parts are received, in batches (see `_Pipeline`); a part's spool is gone once it is
+stored, so memory stays bounded whatever the size of the request.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tempfile
-from collections.abc import Coroutine
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -135,7 +134,7 @@ async def _store_multipart(
             f"multipart/related parts of type {declared!r} are not supported; use {DICOM}"
         )
     reader = MultipartReader(boundary_of(media))
-    stored = _Pipeline()
+    stored = _Pipeline(app, study)
     spool: _Spool | None = None
     refused: StoreOutcome | None = None  # the part being read is over a limit: its data is skipped
     size = 0
@@ -168,11 +167,15 @@ async def _store_multipart(
                     if spool is not None:
                         spool.write(event.data)
                 elif isinstance(event, PartEnd):
+                    if refused is None and spool is not None:
+                        refused = _refused_part(part_type, size)
+                    current, spool = spool, None
                     if refused is not None:
+                        if current is not None:
+                            current.close()
                         await stored.add_outcome(refused)
-                    elif spool is not None:
-                        current, spool = spool, None
-                        await stored.add(_part(app, current, size, part_type, study), current)
+                    elif current is not None:
+                        await stored.add(current, size)
             if over:
                 raise _Truncated(
                     await stored.outcomes(), f"the request is larger than the limit of {limits.request} bytes"
@@ -181,63 +184,127 @@ async def _store_multipart(
     finally:
         if spool is not None:
             spool.close()
-        await stored.settle()  # whatever happened, a store under way finishes (and is reported)
+        await stored.drain()  # whatever happened, the parts received are stored before the answer
     outcomes = await stored.outcomes()
     if not outcomes:
         raise BadRequest("the multipart request holds no parts")
     return outcomes
 
 
-class _Pipeline:
-    """The parts of one request, stored in order, one at a time, while the next part is received.
+_Item = tuple[_Spool, int] | StoreOutcome  # a part to store (its spool and size), or its outcome already
 
-    A part's store runs in a worker thread; the request body goes on streaming into the next
-    part's spool meanwhile, and that part waits for the previous store before its own starts. At
-    most one part is being stored and one being received: memory stays at two parts.
+
+class _Pipeline:
+    """The parts of one request, stored in order while the next ones are received.
+
+    A batch of parts is stored in a worker thread (`InstanceStore.store_instances`: one index
+    transaction begins them all, one commits them all) while the request body goes on streaming.
+    The parts received meanwhile wait, and go together as the next batch as soon as the store is
+    free; past `store_batch_parts` parts or `store_batch_bytes` bytes waiting, receiving waits
+    for the store. So a fast client's small instances are stored many at a time, and memory stays
+    at about two batches whatever the size of the request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, app: App, study: str | None) -> None:
+        self._store = app.service.store
+        self._study = study
+        self._max_parts = app.settings.store_batch_parts
+        self._max_bytes = app.settings.store_batch_bytes
         self._done: list[StoreOutcome] = []
-        self._running: asyncio.Task[StoreOutcome] | None = None
+        self._waiting: list[_Item] = []
+        self._waiting_bytes = 0
+        self._running: asyncio.Task[list[StoreOutcome]] | None = None
+        self._failure: BaseException | None = None
+        self._stopped = False  # cancelled: what is being stored finishes, nothing more starts
+        self.count = 0
 
-    @property
-    def count(self) -> int:
-        return len(self._done) + (self._running is not None)
-
-    async def add(self, store: Coroutine[Any, Any, StoreOutcome], spool: _Spool) -> None:
-        """Start storing a part (its spool is closed by `store`) once the previous store is done."""
-        try:
-            await self.settle()
-        except BaseException:
-            store.close()  # never started: its own cleanup will not run
-            spool.close()
-            raise
-        self._running = asyncio.ensure_future(store)
+    async def add(self, spool: _Spool, size: int) -> None:
+        """Store a received part (its spool is closed once stored)."""
+        self._waiting.append((spool, size))
+        self._waiting_bytes += size
+        await self._queued()
 
     async def add_outcome(self, outcome: StoreOutcome) -> None:
-        await self.settle()
-        self._done.append(outcome)
+        """A part refused before its store: its outcome keeps its place among the others."""
+        self._waiting.append(outcome)
+        await self._queued()
 
-    async def settle(self) -> None:
-        """Wait for the store under way. If the request is cancelled meanwhile, the store (in its
-        thread) still finishes, and is waited for, before the cancellation goes on."""
+    async def _queued(self) -> None:
+        self.count += 1
+        if self._running is None and self._failure is None:
+            self._start()
+        elif len(self._waiting) >= self._max_parts or self._waiting_bytes >= self._max_bytes:
+            await self._wait()  # when the batch under way ends, the waiting parts start as the next
+        if self._failure is not None:
+            raise self._failure
+
+    def _start(self) -> None:
+        batch, self._waiting, self._waiting_bytes = self._waiting, [], 0
+        running = asyncio.ensure_future(self._store_batch(batch))
+        running.add_done_callback(self._finished)
+        self._running = running
+
+    def _finished(self, task: asyncio.Task[list[StoreOutcome]]) -> None:
+        # Runs in the event loop as the batch ends, before anything waiting for it resumes.
+        self._running = None
+        if task.cancelled():
+            self._failure = asyncio.CancelledError()
+        elif (error := task.exception()) is not None:
+            self._failure = error
+        else:
+            self._done.extend(task.result())
+            if self._waiting and not self._stopped:
+                self._start()
+
+    async def _wait(self) -> None:
+        """Wait for the batch under way. If the request is cancelled meanwhile, that store (in
+        its thread) still finishes, and is waited for, before the cancellation goes on."""
         running = self._running
         if running is None:
             return
         try:
-            await asyncio.shield(running)
+            await asyncio.wait([running])
         except asyncio.CancelledError:
-            if not running.done():
-                await asyncio.wait([running])
+            self._stopped = True
+            await asyncio.wait([running])
             raise
+
+    async def _store_batch(self, batch: list[_Item]) -> list[StoreOutcome]:
+        parts = [item for item in batch if not isinstance(item, StoreOutcome)]
+        try:
+            if parts:
+                stored = await run_in_threadpool(
+                    lambda: self._store.store_instances(
+                        [(spool.file(), size) for spool, size in parts], expected_study=self._study
+                    )
+                )
+            else:
+                stored = []
         finally:
-            if running.done():
-                self._running = None
-                if not running.cancelled() and running.exception() is None:
-                    self._done.append(running.result())
+            for spool, _size in parts:
+                spool.close()
+        outcomes = iter(stored)
+        return [item if isinstance(item, StoreOutcome) else next(outcomes) for item in batch]
+
+    async def drain(self) -> None:
+        """Store the parts waiting (unless cancelled) and wait until no store runs; the spools of
+        parts that will not be stored are closed."""
+        try:
+            if self._running is None and self._waiting and self._failure is None and not self._stopped:
+                self._start()
+            while self._running is not None:
+                await self._wait()
+        finally:
+            for item in self._waiting:
+                if not isinstance(item, StoreOutcome):
+                    item[0].close()
+            self._waiting, self._waiting_bytes = [], 0
 
     async def outcomes(self) -> list[StoreOutcome]:
-        await self.settle()
+        """Every part's outcome, in order, once all are stored."""
+        await self.drain()
+        if self._failure is not None:
+            raise self._failure
         return self._done
 
 
@@ -254,20 +321,18 @@ def _over_limit(message: str) -> StoreOutcome:
     return StoreOutcome(StoreStatus.FAILED, reason=FailureReason.OUT_OF_RESOURCES, message=message)
 
 
-async def _part(app: App, spool: _Spool, size: int, part_type: str, study: str | None) -> StoreOutcome:
+def _refused_part(part_type: str, size: int) -> StoreOutcome | None:
     if part_type != DICOM:
-        spool.close()
         return StoreOutcome(
             StoreStatus.FAILED,
             reason=FailureReason.CANNOT_UNDERSTAND,
             message=f"a part of type {part_type or 'unknown'!r} is not supported; use {DICOM}",
         )
     if size == 0:
-        spool.close()
         return StoreOutcome(
             StoreStatus.FAILED, reason=FailureReason.CANNOT_UNDERSTAND, message="the part is empty"
         )
-    return await _store(app, spool, size, study)
+    return None
 
 
 @guarded

@@ -23,6 +23,7 @@ from azure.functions.blob import InputStream
 
 from shared.adapters.blob_filesystem import FileSystemBlobStore
 from shared.adapters.index_sql import SqlMetadataIndex
+from shared.core.batch import begin_each, commit_each
 from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery
 from shared.core.errors import Unavailable
 from shared.core.ingest import REASON_TEXT, IngestOutcome, IngestPolicy, IngestStatus, ingest
@@ -48,6 +49,10 @@ class Down:
         self._left = times
 
     def __getattr__(self, name: str) -> Any:
+        if name == "begin_instances" and "begin_instance" in self._methods:
+            return lambda records, *, replace: begin_each(self, records, replace=replace)
+        if name == "commit_instances" and "commit_instance" in self._methods:
+            return lambda items: commit_each(self, items)
         attr = getattr(self._inner, name)
         if name not in self._methods:
             return attr

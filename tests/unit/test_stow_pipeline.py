@@ -1,13 +1,24 @@
-"""shared.web.stow._Pipeline: parts are stored in order, one at a time, while the next is received."""
+"""shared.web.stow._Pipeline: the parts of a STOW request are stored in order, in batches, one
+batch at a time, while the next parts are received.
+
+The instance store is a stand-in here (it records the batches it is given and can be held), so
+that what reaches it when can be stated; the real store behind it is tested in test_store.py and
+through HTTP in tests/behaviour/test_stow.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import threading
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any, BinaryIO
 
 import pytest
 
-from shared.core.model import StoreOutcome, StoreStatus
-from shared.web.stow import _Pipeline
+from shared.core.model import FailureReason, StoreOutcome, StoreStatus
+from shared.web.stow import _Pipeline, _Spool
 
 pytestmark = pytest.mark.anyio
 
@@ -17,88 +28,199 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def outcome(n: int) -> StoreOutcome:
-    return StoreOutcome(StoreStatus.STORED, sop_instance_uid=f"1.2.{n}")
-
-
 class Spool:
-    """Stands for a part's spool: records whether it was closed."""
+    """Stands for a part's spool: its bytes name the part; records whether it was closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.closed = False
+
+    def file(self) -> BinaryIO:
+        assert not self.closed, "a part is read before its spool is closed"
+        return io.BytesIO(self.name.encode())
 
     def close(self) -> None:
         self.closed = True
 
 
-async def test_outcomes_keep_the_order_of_the_parts_whatever_each_store_takes() -> None:
-    pipeline = _Pipeline()
-    running: list[int] = []
-    peak = 0
+class Store:
+    """Records each batch it is asked to store; `hold()` keeps the next batches waiting until released."""
 
-    async def store(n: int, seconds: float) -> StoreOutcome:
-        nonlocal peak
-        running.append(n)
-        peak = max(peak, len(running))
-        await asyncio.sleep(seconds)
-        running.remove(n)
-        return outcome(n)
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.running = 0
+        self.peak = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_with: Exception | None = None
 
-    for n, seconds in enumerate([0.03, 0.0, 0.02, 0.0]):
-        await pipeline.add(store(n, seconds), Spool())  # type: ignore[arg-type]
-        assert pipeline.count == n + 1
-    await pipeline.add_outcome(outcome(99))  # a refused part
-    got = await pipeline.outcomes()
-    assert [o.sop_instance_uid for o in got] == ["1.2.0", "1.2.1", "1.2.2", "1.2.3", "1.2.99"]
-    assert peak == 1, "one part is stored at a time"
+    def hold(self) -> None:
+        self.gate.clear()
 
+    def release(self) -> None:
+        self.gate.set()
 
-async def test_the_next_part_is_received_while_a_store_runs() -> None:
-    pipeline = _Pipeline()
-    release = asyncio.Event()
-    started = asyncio.Event()
-
-    async def slow() -> StoreOutcome:
-        started.set()
-        await release.wait()
-        return outcome(1)
-
-    await pipeline.add(slow(), Spool())  # type: ignore[arg-type]  # returns at once: the caller goes on reading the body
-    await asyncio.wait_for(started.wait(), 1)
-    assert pipeline.count == 1
-    release.set()
-    assert [o.sop_instance_uid for o in await pipeline.outcomes()] == ["1.2.1"]
+    def store_instances(
+        self, parts: Sequence[tuple[BinaryIO, int]], *, expected_study: str | None = None
+    ) -> list[StoreOutcome]:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        names = [fp.read().decode() for fp, _size in parts]
+        self.batches.append(names)
+        self.entered.set()
+        try:
+            assert self.gate.wait(5), "the test never released the store"
+            if self.fail_with is not None:
+                raise self.fail_with
+            return [StoreOutcome(StoreStatus.STORED, sop_instance_uid=name) for name in names]
+        finally:
+            self.running -= 1
 
 
-async def test_a_store_under_way_finishes_even_when_the_request_is_cancelled() -> None:
-    pipeline = _Pipeline()
-    finished = asyncio.Event()
+def pipeline(store: Store, parts: int = 100, size: int = 1 << 20) -> _Pipeline:
+    app: Any = SimpleNamespace(
+        service=SimpleNamespace(store=store),
+        settings=SimpleNamespace(store_batch_parts=parts, store_batch_bytes=size),
+    )
+    return _Pipeline(app, None)
 
-    async def store() -> StoreOutcome:
-        await asyncio.sleep(0.05)
-        finished.set()
-        return outcome(1)
+
+async def entered(store: Store) -> None:
+    """Wait until the store has been called (in its worker thread)."""
+    for _ in range(500):
+        if store.entered.is_set():
+            store.entered.clear()
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the store was never called")
+
+
+def refused(name: str) -> StoreOutcome:
+    return StoreOutcome(StoreStatus.FAILED, sop_instance_uid=name, reason=FailureReason.CANNOT_UNDERSTAND)
+
+
+def names(outcomes: list[StoreOutcome]) -> list[str | None]:
+    return [o.sop_instance_uid for o in outcomes]
+
+
+async def test_parts_received_while_a_batch_is_stored_go_together_as_the_next_batch() -> None:
+    store = Store()
+    p = pipeline(store)
+    store.hold()
+    spools = [Spool(f"p{n}") for n in range(4)]
+    await p.add(spools[0], 10)  # the store is free: the first part starts at once
+    await entered(store)
+    for spool in spools[1:]:
+        await p.add(spool, 10)  # returns at once: the caller goes on reading the body
+    assert p.count == 4
+    assert store.batches == [["p0"]]
+    store.release()
+    assert names(await p.outcomes()) == ["p0", "p1", "p2", "p3"]
+    assert store.batches == [["p0"], ["p1", "p2", "p3"]]
+    assert store.peak == 1, "one batch is stored at a time"
+    assert all(s.closed for s in spools), "a part's spool is closed once it is stored"
+
+
+async def test_outcomes_keep_the_order_of_the_parts_with_refused_parts_among_them() -> None:
+    store = Store()
+    p = pipeline(store)
+    store.hold()
+    await p.add(Spool("a"), 10)
+    await entered(store)
+    await p.add_outcome(refused("bad1"))
+    await p.add(Spool("b"), 10)
+    await p.add_outcome(refused("bad2"))
+    await p.add(Spool("c"), 10)
+    store.release()
+    got = await p.outcomes()
+    assert names(got) == ["a", "bad1", "b", "bad2", "c"]
+    assert [o.status for o in got] == [StoreStatus.STORED, StoreStatus.FAILED] * 2 + [StoreStatus.STORED]
+    assert store.batches == [["a"], ["b", "c"]], "refused parts never reach the store"
+
+
+@pytest.mark.parametrize(("parts", "size", "waiting"), [(2, 1 << 20, 2), (100, 25, 3)])
+async def test_past_the_batch_limits_receiving_waits_for_the_store(parts: int, size: int, waiting: int) -> None:
+    """`store_batch_parts` or `store_batch_bytes` bound what waits in memory: the add that reaches
+    either does not return until the batch under way is done."""
+    store = Store()
+    p = pipeline(store, parts=parts, size=size)
+    store.hold()
+    await p.add(Spool("first"), 10)
+    await entered(store)
+    for n in range(waiting - 1):
+        await asyncio.wait_for(p.add(Spool(f"w{n}"), 10), 1)  # under the limits: returns at once
+    blocked = asyncio.ensure_future(p.add(Spool("last"), 10))
+    await asyncio.sleep(0.05)
+    assert not blocked.done(), "over a limit, the add waits for the store"
+    store.release()
+    await asyncio.wait_for(blocked, 5)
+    assert names(await p.outcomes()) == ["first", *(f"w{n}" for n in range(waiting - 1)), "last"]
+    assert store.batches[1] == [*(f"w{n}" for n in range(waiting - 1)), "last"]
+
+
+async def test_a_batch_waiting_at_the_end_of_the_body_is_stored_before_the_answer() -> None:
+    store = Store()
+    p = pipeline(store)
+    store.hold()
+    await p.add(Spool("a"), 10)
+    await entered(store)
+    await p.add(Spool("b"), 10)
+    store.release()
+    await p.drain()  # what the request does in its `finally`, whatever happened
+    assert store.batches == [["a"], ["b"]]
+    assert names(await p.outcomes()) == ["a", "b"]
+
+
+async def test_a_store_under_way_finishes_when_the_request_is_cancelled_and_waiting_parts_are_dropped() -> None:
+    store = Store()
+    p = pipeline(store, parts=1)
+    store.hold()
+    waiting = Spool("waiting")
 
     async def request() -> None:
         try:
-            await pipeline.add(store(), Spool())  # type: ignore[arg-type]
-            await asyncio.sleep(10)  # receiving the next part when the client goes away
+            await p.add(Spool("under-way"), 10)
+            await p.add(waiting, 10)  # at the limit: waits for the store, and is cancelled there
         finally:
-            await pipeline.settle()
+            await p.drain()
 
     task = asyncio.ensure_future(request())
-    await asyncio.sleep(0.01)
+    await entered(store)
+    await asyncio.sleep(0.02)
     task.cancel()
+    await asyncio.sleep(0.02)
+    assert not task.done(), "the cancellation waits for the store under way"
+    store.release()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert finished.is_set()
-    assert [o.sop_instance_uid for o in await pipeline.outcomes()] == ["1.2.1"]
+    assert store.batches == [["under-way"]], "nothing new starts once cancelled"
+    assert waiting.closed, "the spool of a part that will not be stored is closed"
+    assert names(await p.outcomes()) == ["under-way"]
+
+
+async def test_when_a_store_raises_nothing_more_is_stored_and_the_error_reaches_the_request() -> None:
+    store = Store()
+    store.fail_with = RuntimeError("the index went away")
+    p = pipeline(store, parts=1)
+    store.hold()
+    await p.add(Spool("a"), 10)
+    await entered(store)
+    later = Spool("b")
+    blocked = asyncio.ensure_future(p.add(later, 10))
+    await asyncio.sleep(0.02)
+    store.release()
+    with pytest.raises(RuntimeError, match="the index went away"):
+        await blocked
+    await p.drain()
+    assert later.closed
+    assert store.batches == [["a"]]
+    with pytest.raises(RuntimeError, match="the index went away"):
+        await p.outcomes()
 
 
 @pytest.mark.parametrize("limit", [0, 10, 1 << 20])
 def test_a_spool_gives_back_every_byte_in_memory_or_on_disk(limit: int) -> None:
-    from shared.web.stow import _Spool
-
     chunks = [bytes([n]) * (n + 3) for n in range(40)]
     spool = _Spool(limit)
     for chunk in chunks:
@@ -112,46 +234,3 @@ def test_a_spool_gives_back_every_byte_in_memory_or_on_disk(limit: int) -> None:
     spool.close()
     if on_disk:
         assert fp.closed
-
-
-async def test_a_request_cancelled_while_waiting_for_the_previous_store_lets_it_finish() -> None:
-    """Cancelled inside settle(): the store under way is waited for and reported; the part that was
-    about to start is never run and its spool is closed."""
-    pipeline = _Pipeline()
-    finished = asyncio.Event()
-
-    async def first() -> StoreOutcome:
-        await asyncio.sleep(0.05)
-        finished.set()
-        return outcome(1)
-
-    async def second() -> StoreOutcome:
-        raise AssertionError("never started")
-
-    spool = Spool()
-    await pipeline.add(first(), Spool())  # type: ignore[arg-type]
-    task = asyncio.ensure_future(pipeline.add(second(), spool))  # type: ignore[arg-type]
-    await asyncio.sleep(0.01)  # now waiting in settle() for the first store
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert finished.is_set(), "the first store finished before the cancellation went on"
-    assert spool.closed
-    assert [o.sop_instance_uid for o in await pipeline.outcomes()] == ["1.2.1"]
-
-
-async def test_when_a_store_raises_the_next_part_is_not_started_and_its_spool_is_closed() -> None:
-    pipeline = _Pipeline()
-
-    async def failing() -> StoreOutcome:
-        raise RuntimeError("the index went away")
-
-    async def never() -> StoreOutcome:
-        raise AssertionError("never started")
-
-    spool = Spool()
-    await pipeline.add(failing(), Spool())  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError, match="the index went away"):
-        await pipeline.add(never(), spool)  # type: ignore[arg-type]
-    assert spool.closed
-    assert await pipeline.outcomes() == []
