@@ -259,7 +259,10 @@ class SqliteWriterLock:
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:  # its folder is gone (an unmounted volume): the index is down
+                raise Unavailable("the index database is unavailable; retry later") from exc
             weakref.finalize(self, os.close, self._fd)
         return self._fd
 

@@ -387,12 +387,9 @@ def test_sql_a_begin_batch_with_conflicts_is_still_one_transaction(
 
 
 def test_sqlite_whose_folder_is_gone_before_its_first_write_is_unavailable(tmp_path: Path) -> None:
-    """A host that has only read (or not yet written) when the database's volume goes away.
-
-    FAILS at a8e14d0 (reported, not fixed here): every item gets a FileNotFoundError. The SQLite
-    writer lock (index_sql_schema.SqliteWriterLock) opens `<database>.writelock` on the first
-    write, outside the OperationalError -> Unavailable translation of SqlMetadataIndex._tx.
-    """
+    """A host that has only read (or not yet written) when the database's volume goes away: the
+    writer lock file (`<database>.writelock`, opened on the first write) cannot be created, and
+    that is Unavailable too, not an OSError (a 500)."""
     volume = tmp_path / "volume"
     volume.mkdir()
     url = f"sqlite:///{volume}/i.sqlite3"

@@ -140,7 +140,9 @@ async def test_outcomes_keep_the_order_of_the_parts_with_refused_parts_among_the
 
 
 @pytest.mark.parametrize(("parts", "size", "waiting"), [(2, 1 << 20, 2), (100, 25, 3)])
-async def test_past_the_batch_limits_receiving_waits_for_the_store(parts: int, size: int, waiting: int) -> None:
+async def test_past_the_batch_limits_receiving_waits_for_the_store(
+    parts: int, size: int, waiting: int
+) -> None:
     """`store_batch_parts` or `store_batch_bytes` bound what waits in memory: the add that reaches
     either does not return until the batch under way is done."""
     store = Store()
@@ -172,7 +174,7 @@ async def test_a_batch_waiting_at_the_end_of_the_body_is_stored_before_the_answe
     assert names(await p.outcomes()) == ["a", "b"]
 
 
-async def test_a_store_under_way_finishes_when_the_request_is_cancelled_and_waiting_parts_are_dropped() -> None:
+async def test_a_cancelled_request_lets_the_store_under_way_finish_and_drops_waiting_parts() -> None:
     store = Store()
     p = pipeline(store, parts=1)
     store.hold()
