@@ -55,6 +55,13 @@ def filesystem_blob_store(workdir: Path) -> Iterator[ConnectBlobStore]:
 
 
 @contextmanager
+def filesystem_named_blob_store(workdir: Path) -> Iterator[ConnectBlobStore]:
+    """The filesystem store's portable write path (`.tmp-*` files), taken where O_TMPFILE is missing."""
+    root = workdir / "blobs"
+    yield lambda: FileSystemBlobStore(root, unnamed_files=False)
+
+
+@contextmanager
 def _sql_index(url: str) -> Iterator[ConnectIndex]:
     """Clients of one SQL database, each with its own engine (as separate function hosts would)."""
     engines: list[Engine] = []
@@ -137,6 +144,7 @@ def azurite_blob_store(workdir: Path) -> Iterator[ConnectBlobStore]:
 
 BLOB_STORES: list[Backend[BlobStore]] = [
     Backend("filesystem", filesystem_blob_store),
+    Backend("filesystem-named", filesystem_named_blob_store),
     Backend("azurite", azurite_blob_store),
 ]
 INDEXES: list[Backend[MetadataIndex]] = [
