@@ -1,7 +1,9 @@
-"""Command line: `python -m bench [--baseline orthanc] [--quick] [--only stow,qido,...]`.
+"""Command line: `python -m bench [--baseline orthanc] [--quick] [--only stow,qido,...] [--rounds N]`.
 
 Runs every selected scenario against each server in turn (each started fresh on an empty store),
 writes one JSON document to stdout and to bench/results/<timestamp>.json, and a table to stderr.
+With `--rounds N` the servers run N times on the same data, their order reversed every other round,
+and the table shows each server's median and the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from bench.corpus import Corpus, Plan
 from bench.load import DicomwebClient
 from bench.memory import tree_cpu_seconds
 from bench.orthanc import OrthancServer, find_orthanc, find_plugin_dir
-from bench.report import RATIO_NOTE, metric_rows, table
+from bench.report import RATIO_NOTE, ROUNDS_NOTE, median_rows, metric_rows, table
 from bench.scenarios import SCENARIOS, Metric, Session
 from bench.servers import OursServer, ServerError, ServerProcess
 
@@ -51,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--big-study-mb", type=float, default=None, help="big study size (default 1024; quick 32)"
     )
     parser.add_argument("--seed", type=int, default=None, help="data seed (default: random, so new UIDs)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the servers N times, alternating their order (default 1); the table shows medians",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep", action="store_true", help="keep the servers' stores and the generated data")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -68,7 +76,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s.strip() for s in servers if s.strip()]
     if any(s not in SERVER_TYPES for s in args.servers):
         parser.error(f"servers must be among {list(SERVER_TYPES)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
+
+
+def round_order(servers: list[str], index: int) -> list[str]:
+    """The servers' order in round `index` (0-based): as given, then reversed, alternately.
+
+    The machine drifts over minutes; alternating who goes first spreads that drift over both sides
+    instead of always handing the later, slower minutes to the same server.
+    """
+    return list(servers) if index % 2 == 0 else list(reversed(servers))
 
 
 def host_info() -> dict[str, Any]:
@@ -144,19 +163,32 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_type() if args.big_study_mb is None else plan_type(args.big_study_mb)
     started = dt.datetime.now(dt.UTC)
     corpus = Corpus(seed, plan, keep=args.keep)
-    results: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, Any]] = []
     try:
         log.info("generating data (seed %s) in %s", seed, corpus.root)
         corpus.prepare(args.only)
-        for name in args.servers:
-            results[name] = bench_server(name, corpus, args.only, args.keep)
+        for index in range(args.rounds):
+            order = round_order(args.servers, index)
+            if args.rounds > 1:
+                log.info("round %d/%d: %s", index + 1, args.rounds, ", then ".join(order))
+            round_started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            results = {name: bench_server(name, corpus, args.only, args.keep) for name in order}
+            rounds.append(
+                {
+                    "round": index + 1,
+                    "started": round_started,
+                    "order": order,
+                    "servers": {name: results[name] for name in args.servers},
+                }
+            )
     finally:
         corpus.close()
 
-    metrics: dict[str, dict[str, Metric]] = {n: r.pop("metrics") for n, r in results.items()}
-    baseline = args.baseline if args.baseline in results and "ours" in results else None
-    rows = metric_rows(metrics, baseline=baseline)
-    doc = {
+    per_round: list[dict[str, dict[str, Metric]]] = [
+        {n: r.pop("metrics") for n, r in rnd["servers"].items()} for rnd in rounds
+    ]
+    baseline = args.baseline if args.baseline in args.servers and "ours" in args.servers else None
+    doc: dict[str, Any] = {
         "benchmark": "dicomweb-bench/1",
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -167,18 +199,44 @@ def main(argv: list[str] | None = None) -> int:
         "host": host_info(),
         "baseline": baseline,
         "ratio_note": RATIO_NOTE if baseline else None,
-        "servers": results,
-        "metrics": rows,
     }
+    errors = [
+        (name if len(rounds) == 1 else f"{name} round {rnd['round']}", err)
+        for rnd in rounds
+        for name, res in rnd["servers"].items()
+        for err in res.get("errors", [])
+    ]
+    if len(rounds) == 1:
+        rows = metric_rows(per_round[0], baseline=baseline)
+        doc.update(servers=rounds[0]["servers"], metrics=rows)
+    else:
+        rows = median_rows(per_round, baseline=baseline)
+        for rnd, metrics in zip(rounds, per_round, strict=True):
+            rnd["metrics"] = metric_rows(metrics, baseline=baseline)
+        doc.update(
+            rounds_note=ROUNDS_NOTE,
+            servers={n: _summary(n, rounds) for n in args.servers},
+            metrics=rows,
+            rounds=rounds,
+        )
     text = json.dumps(doc, indent=2, default=str)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(text + "\n")
     print(text)
-    print("\n" + table(rows, list(results), baseline is not None), file=sys.stderr)
-    for name, res in results.items():
-        for err in res.get("errors", []):
-            print(f"{name}: ERROR {err}", file=sys.stderr)
+    print("\n" + table(rows, list(args.servers), baseline is not None, len(rounds)), file=sys.stderr)
+    for who, err in errors:
+        print(f"{who}: ERROR {err}", file=sys.stderr)
     print(f"\nresults: {out}", file=sys.stderr)
-    failed = any(res.get("errors") for res in results.values()) or any("failures" in r for r in rows)
+    failed = bool(errors) or any("failures" in r for r in rows)
     return 1 if failed else 0
+
+
+def _summary(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server over several rounds: its version and every round's errors (details stay per round)."""
+    results = [rnd["servers"][name] for rnd in rounds]
+    versions = [r["version"] for r in results if "version" in r]
+    return {
+        "version": versions[0] if versions else None,
+        "errors": [f"round {rnd['round']}: {e}" for rnd in rounds for e in rnd["servers"][name]["errors"]],
+    }
