@@ -19,9 +19,12 @@ from shared.adapters.index_sql_columns import (
     series_columns,
     study_columns,
 )
+from shared.adapters.index_sql_raw import DbErrors, RawStatement, cursor_of
 from shared.adapters.index_sql_schema import (
+    ADVISORY_XACT_LOCK,
     CREATED,
     PENDING,
+    changes,
     instances,
     make_engine,
     series,
@@ -107,6 +110,38 @@ class _OneFailed(Exception):
     """An item of a batch commit lost its pending instance: the batch is undone and retried item by item."""
 
 
+_PENDING_KEYS = (
+    "partition", "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "status", "version",
+    "transfer_syntax", "number_of_frames", "size", "updated_at",
+)  # fmt: skip
+_STUDY_KEYS = (*_STUDY_COLUMNS, "updated_at", "partition", "study_uid")
+_SERIES_KEYS = ("study_pk", "series_uid", *_SERIES_COLUMNS)
+_CHANGE_KEYS = (
+    "partition", "action", "study_uid", "series_uid", "sop_instance_uid", "version", "timestamp", "published",
+)  # fmt: skip
+
+
+class _StorePath:
+    """The store path's statements, compiled once for the index's dialect (see index_sql_raw)."""
+
+    def __init__(self, index: SqlMetadataIndex) -> None:
+        dialect = index._engine.dialect
+        self.insert_pending = RawStatement(index._insert_pending, dialect, _PENDING_KEYS)
+        self.instance_row = RawStatement(_INSTANCE_ROW, dialect)
+        self.take_over_pending = RawStatement(_TAKE_OVER_PENDING, dialect)
+        self.begin_replace = RawStatement(_BEGIN_REPLACE, dialect)
+        self.update_same_names = RawStatement(_UPDATE_SAME_NAMES, dialect)
+        self.insert_study = RawStatement(index._insert_study, dialect, _STUDY_KEYS)
+        self.upsert_study = RawStatement(index._upsert_study, dialect, _STUDY_KEYS)
+        self.upsert_series = RawStatement(index._upsert_series, dialect, _SERIES_KEYS)
+        self.commit_create = RawStatement(_COMMIT_CREATE, dialect)
+        self.commit_replace = RawStatement(_COMMIT_REPLACE, dialect)
+        self.delete_words = RawStatement(_DELETE_WORDS, dialect)
+        self.insert_words = RawStatement(_INSERT_WORDS, dialect, ("study_pk", "kind", "word"))
+        self.append_change = RawStatement(changes.insert(), dialect, _CHANGE_KEYS)
+        self.change_lock = RawStatement(ADVISORY_XACT_LOCK, dialect) if dialect.name == "postgresql" else None
+
+
 class SqlMetadataIndex:
     def __init__(self, url: str, partition: str = "default", engine: Engine | None = None) -> None:
         self._engine = engine or make_engine(url)
@@ -131,6 +166,8 @@ class SqlMetadataIndex:
             index_elements=["study_pk", "series_uid"],
             set_={name: series_insert.excluded[name] for name in _SERIES_COLUMNS},
         ).returning(series.c.id)
+        self._errors = DbErrors(self._engine.dialect)
+        self._raw = _StorePath(self)
 
     def _insert_factory(self) -> Any:
         if self._engine.dialect.name == "postgresql":
@@ -147,15 +184,25 @@ class SqlMetadataIndex:
                     conn = conn.execution_options(write=True)
                 with conn.begin():
                     yield conn
-        except (OperationalError, PoolTimeout) as exc:
+        except (OperationalError, PoolTimeout, *self._errors.operational) as exc:
             raise Unavailable("the index database is unavailable; retry later") from exc
+
+    @contextmanager
+    def _store_tx(self) -> Iterator[tuple[Connection, Any]]:
+        """A write transaction of the store path: its connection and a DB-API cursor on it."""
+        with self._tx(write=True) as conn:
+            cursor = cursor_of(conn)
+            try:
+                yield conn, cursor
+            finally:
+                cursor.close()
 
     # --- store -------------------------------------------------------------------------------
     def begin_instance(self, record: InstanceRecord, *, replace: bool) -> PendingInstance:
         try:
-            with self._tx(write=True) as conn:
-                return self._begin(conn, record, replace, _now())
-        except IntegrityError:
+            with self._store_tx() as (_conn, cur):
+                return self._begin(cur, record, replace, _now())
+        except (IntegrityError, *self._errors.integrity):
             raise Conflict("the instance is being stored by another request") from None
 
     def begin_instances(
@@ -168,10 +215,10 @@ class SqlMetadataIndex:
         now = _now()
         results: list[PendingInstance | Exception] = []
         try:
-            with self._tx(write=True) as conn:
+            with self._store_tx() as (_conn, cur):
                 for record in records:
                     try:
-                        results.append(self._begin(conn, record, replace, now))
+                        results.append(self._begin(cur, record, replace, now))
                     except Conflict as exc:  # raised before this record wrote anything
                         results.append(exc)
         except Unavailable as exc:
@@ -180,12 +227,11 @@ class SqlMetadataIndex:
             return begin_each(self, records, replace=replace)
         return results
 
-    def _begin(
-        self, conn: Connection, record: InstanceRecord, replace: bool, now: datetime
-    ) -> PendingInstance:
+    def _begin(self, cur: Any, record: InstanceRecord, replace: bool, now: datetime) -> PendingInstance:
         uids = record.uids
-        inserted = conn.execute(
-            self._insert_pending,
+        raw = self._raw
+        inserted = raw.insert_pending.run(
+            cur,
             {
                 "partition": self._partition,
                 "study_uid": uids.study,
@@ -202,17 +248,18 @@ class SqlMetadataIndex:
         ).rowcount
         if inserted == 1:
             return PendingInstance(uids, record.version, None)
-        row = conn.execute(_INSTANCE_ROW, {"w_partition": self._partition, "w_sop": uids.instance}).first()
+        row = raw.instance_row.run(cur, {"w_partition": self._partition, "w_sop": uids.instance}).fetchone()
         if row is None:  # PostgreSQL: the row that stopped the insert is gone (aborted) since
             raise Conflict("the instance is being stored by another request")
-        if (row.study_uid, row.series_uid) != (uids.study, uids.series):
+        row_id, study_uid, series_uid, status, version = row
+        if (study_uid, series_uid) != (uids.study, uids.series):
             raise Conflict("an instance with this SOP Instance UID exists in another study or series")
-        if row.status == PENDING:
+        if status == PENDING:
             # A store that never committed (failed or crashed): take it over with a new version.
-            conn.execute(
-                _TAKE_OVER_PENDING,
+            raw.take_over_pending.run(
+                cur,
                 {
-                    "w_id": row.id,
+                    "w_id": row_id,
                     "version": record.version,
                     "sop_class_uid": record.sop_class_uid,
                     "updated_at": now,
@@ -221,12 +268,12 @@ class SqlMetadataIndex:
             return PendingInstance(uids, record.version, None)
         if not replace:
             raise Conflict("the instance already exists")
-        conn.execute(_BEGIN_REPLACE, {"w_id": row.id, "pending_version": record.version, "updated_at": now})
-        return PendingInstance(uids, record.version, row.version)
+        raw.begin_replace.run(cur, {"w_id": row_id, "pending_version": record.version, "updated_at": now})
+        return PendingInstance(uids, record.version, version)
 
     def commit_instance(self, record: InstanceRecord, pending: PendingInstance) -> None:
-        with self._tx(write=True) as conn:
-            if not self._commit(conn, record, pending, _now()):
+        with self._store_tx() as (conn, cur):
+            if not self._commit(cur, record, pending, _now()):
                 conn.rollback()
                 raise Conflict("the instance was stored concurrently by another request")
 
@@ -239,9 +286,9 @@ class SqlMetadataIndex:
             return commit_each(self, items)
         now = _now()
         try:
-            with self._tx(write=True) as conn:
+            with self._store_tx() as (_conn, cur):
                 for record, pending in items:
-                    if not self._commit(conn, record, pending, now):
+                    if not self._commit(cur, record, pending, now):
                         raise _OneFailed
         except Unavailable as exc:
             return [exc] * len(items)
@@ -249,17 +296,15 @@ class SqlMetadataIndex:
             return commit_each(self, items)
         return [None] * len(items)
 
-    def _commit(
-        self, conn: Connection, record: InstanceRecord, pending: PendingInstance, now: datetime
-    ) -> bool:
+    def _commit(self, cur: Any, record: InstanceRecord, pending: PendingInstance, now: datetime) -> bool:
         """Write the study, series and instance rows and the change; False if the pending instance
         is no longer this one (the caller must then roll back)."""
         uids = record.uids
-        study_pk = self._write_study(conn, uids.study, study_columns(record.study_attrs), now)
-        series_pk = conn.execute(
-            self._upsert_series,
-            {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)},
-        ).scalar_one()
+        raw = self._raw
+        study_pk = self._write_study(cur, uids.study, study_columns(record.study_attrs), now)
+        series_pk = raw.upsert_series.run(
+            cur, {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)}
+        ).fetchone()[0]
         values = {
             "w_partition": self._partition,
             "w_sop": uids.instance,
@@ -275,25 +320,42 @@ class SqlMetadataIndex:
             "updated_at": now,
         }
         if pending.replaces is None:
-            stmt = _COMMIT_CREATE
+            stmt = raw.commit_create
         else:
-            stmt = _COMMIT_REPLACE
+            stmt = raw.commit_replace
             values["version"] = pending.version
-        if conn.execute(stmt, values).rowcount != 1:
+        if stmt.run(cur, values).rowcount != 1:
             return False
         action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
-        changefeed.append_change(conn, self._partition, action, uids, pending.version, now)
+        if raw.change_lock is not None:
+            # Sequences are handed out at insert time, not at commit: without this lock a reader
+            # could page past a lower sequence that commits later and never see it.
+            raw.change_lock.run(cur, {"key": changefeed.CHANGE_LOCK}).fetchall()
+        raw.append_change.run(
+            cur,
+            {
+                "partition": self._partition,
+                "action": action.value,
+                "study_uid": uids.study,
+                "series_uid": uids.series,
+                "sop_instance_uid": uids.instance,
+                "version": pending.version,
+                "timestamp": now,
+                "published": False,
+            },
+        )
         return True
 
-    def _write_study(self, conn: Connection, study_uid: str, columns: dict[str, Any], now: datetime) -> int:
+    def _write_study(self, cur: Any, study_uid: str, columns: dict[str, Any], now: datetime) -> int:
         """Upsert the study row and keep its name words those of its names; return its key.
 
         The words are a function of the two name columns, so a study whose names did not change
         keeps its words untouched: that usual case is one UPDATE, without reading the words."""
+        raw = self._raw
         patient, referring = columns["patient_name"], columns["referring_physician_name"]
         values = {**columns, "updated_at": now}
-        study_pk = conn.execute(
-            _UPDATE_SAME_NAMES,
+        row = raw.update_same_names.run(
+            cur,
             {
                 **values,
                 "w_partition": self._partition,
@@ -301,17 +363,19 @@ class SqlMetadataIndex:
                 "w_patient_name": patient,
                 "w_referring_name": referring,
             },
-        ).scalar_one_or_none()
-        if study_pk is not None:
-            return int(study_pk)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
         values.update(partition=self._partition, study_uid=study_uid)
-        study_pk = conn.execute(self._insert_study, values).scalar_one_or_none()
-        if study_pk is None:  # the study exists with other names: replace its words
-            study_pk = conn.execute(self._upsert_study, values).scalar_one()
-            conn.execute(_DELETE_WORDS, {"w_study_pk": study_pk})
+        row = raw.insert_study.run(cur, values).fetchone()
+        if row is None:  # the study exists with other names: replace its words
+            study_pk = raw.upsert_study.run(cur, values).fetchone()[0]
+            raw.delete_words.run(cur, {"w_study_pk": study_pk})
+        else:
+            study_pk = row[0]
         rows = name_word_rows(study_pk, patient, referring)
         if rows:
-            conn.execute(_INSERT_WORDS, rows)
+            raw.insert_words.run_many(cur, rows)
         return int(study_pk)
 
     def abort_instance(self, pending: PendingInstance) -> None:

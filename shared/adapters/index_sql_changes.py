@@ -12,7 +12,7 @@ from shared.adapters.index_sql_schema import ADVISORY_XACT_LOCK, CREATED, change
 from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery, ChangeState
 from shared.core.model import InstanceUids
 
-_CHANGE_LOCK = 0x44494353  # "DICS": the advisory lock that orders change-feed appends on PostgreSQL
+CHANGE_LOCK = 0x44494353  # "DICS": the advisory lock that orders change-feed appends on PostgreSQL
 # Built once, like every statement of the store path (index_sql.py says why).
 _APPEND = changes.insert()
 _MARK_PUBLISHED = (
@@ -32,7 +32,7 @@ def append_change(
     if conn.dialect.name == "postgresql":
         # Sequences are handed out at insert time, not at commit: without this lock a reader could
         # page past a lower sequence that commits later and never see it.
-        conn.execute(ADVISORY_XACT_LOCK, {"key": _CHANGE_LOCK})
+        conn.execute(ADVISORY_XACT_LOCK, {"key": CHANGE_LOCK})
     conn.execute(
         _APPEND,
         {

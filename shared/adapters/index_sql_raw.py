@@ -1,0 +1,68 @@
+"""The store path's statements, built with SQLAlchemy Core, compiled once, run on the DB-API cursor.
+
+SQLAlchemy's execution of a statement (cached-compile lookup, parameter construction, result and
+event set-up) costs several times what SQLite spends running one of these small statements, and a
+store runs half a dozen per instance. Here a statement is compiled once for the engine's dialect
+and executed on the cursor of a connection that SQLAlchemy still manages (pool, transaction,
+events), its values bound through the same type processors SQLAlchemy would use, so the rows
+written are the same. DB-API errors are not wrapped: `DbErrors` says which are which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.sql.base import Executable
+
+_REQUIRED = object()
+
+
+class RawStatement:
+    """One statement; `run` binds a parameter dict (names as in the Core statement)."""
+
+    def __init__(self, stmt: Executable, dialect: Dialect, column_keys: Sequence[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)  # type: ignore[attr-defined]
+        self.sql: str = compiled.string
+        self._positional: bool = bool(compiled.positional)
+        names: Iterable[str] = compiled.positiontup if self._positional else compiled.binds.keys()
+        escaped: Mapping[str, str] = getattr(compiled, "escaped_bind_names", None) or {}
+        self._binds: list[tuple[str, str, Any, Callable[[Any], Any] | None]] = []
+        for name in names:
+            bind = compiled.binds[name]
+            default = _REQUIRED if bind.required else bind.effective_value  # a literal (status=...)
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            self._binds.append((name, escaped.get(name, name), default, processor))
+
+    def values(self, params: Mapping[str, Any]) -> Any:
+        out = []
+        for name, _key, default, processor in self._binds:
+            value = params.get(name, default)
+            if value is _REQUIRED:
+                raise KeyError(f"the statement needs a value for {name!r}")
+            out.append(processor(value) if processor is not None else value)
+        if self._positional:
+            return tuple(out)
+        return {key: value for (_n, key, _d, _p), value in zip(self._binds, out, strict=True)}
+
+    def run(self, cursor: Any, params: Mapping[str, Any]) -> Any:
+        cursor.execute(self.sql, self.values(params))
+        return cursor
+
+    def run_many(self, cursor: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        cursor.executemany(self.sql, [self.values(row) for row in rows])
+
+
+def cursor_of(conn: Connection) -> Any:
+    """A DB-API cursor on the connection (inside its SQLAlchemy transaction)."""
+    return conn.connection.cursor()
+
+
+class DbErrors:
+    """The DB-API exception classes of a dialect's driver (raw statements raise them unwrapped)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        dbapi = dialect.dbapi
+        self.operational: tuple[type[BaseException], ...] = (dbapi.OperationalError,) if dbapi else ()
+        self.integrity: tuple[type[BaseException], ...] = (dbapi.IntegrityError,) if dbapi else ()

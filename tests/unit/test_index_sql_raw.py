@@ -1,0 +1,93 @@
+"""shared.adapters.index_sql_raw: a Core statement compiled once and run on the DB-API cursor
+writes exactly what SQLAlchemy's own execution of it writes (same type processing)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, update
+
+from shared.adapters.index_sql_raw import RawStatement, cursor_of
+from shared.adapters.index_sql_schema import changes, instances, make_engine
+
+NOW = datetime(2026, 12, 5, 22, 41, 7, 123456, tzinfo=UTC)
+ROW: dict[str, Any] = {
+    "partition": "default",
+    "study_uid": "1.2.3",
+    "series_uid": "1.2.3.4",
+    "sop_instance_uid": "1.2.3.4.5",
+    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+    "status": 0,
+    "version": "abcdef0123456789",
+    "transfer_syntax": "1.2.840.10008.1.2.1",
+    "number_of_frames": 1,
+    "size": 525_000,
+    "attrs": {"00200013": {"vr": "IS", "Value": [7]}, "00080008": {"vr": "CS", "Value": ["ORIGINAL", "ü"]}},
+    "updated_at": NOW,
+}
+
+
+def dump(path: Path, table: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("table", "row"),
+    [
+        (instances, ROW),
+        (
+            changes,
+            {
+                "partition": "p",
+                "action": "create",
+                "study_uid": "1.2",
+                "series_uid": "1.2.3",
+                "sop_instance_uid": "1.2.3.4",
+                "version": "v",
+                "timestamp": NOW,
+                "published": False,
+            },
+        ),
+    ],
+    ids=["instances (JSON, DateTime)", "changes (Boolean, DateTime)"],
+)
+def test_an_insert_writes_the_same_row_as_sqlalchemy(tmp_path: Path, table: Any, row: dict[str, Any]) -> None:
+    written = []
+    for way in ("core", "raw"):
+        path = tmp_path / f"{way}.sqlite3"
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.connect() as conn, conn.begin():
+            if way == "core":
+                conn.execute(table.insert(), row)
+            else:
+                RawStatement(table.insert(), engine.dialect, tuple(row)).run(cursor_of(conn), row)
+        engine.dispose()
+        written.append(dump(path, table.name))
+    assert written[0] == written[1]
+    assert len(written[0]) == 1
+
+
+def test_literal_values_of_the_statement_are_bound_and_a_missing_value_is_an_error(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'i.sqlite3'}")
+    stmt = (
+        update(instances)
+        .where(instances.c.sop_instance_uid == bindparam("w_sop"))
+        .values(status=1, pending_version=None, version=bindparam("version"))
+    )
+    raw = RawStatement(stmt, engine.dialect)
+    with engine.connect() as conn, conn.begin():
+        conn.execute(instances.insert(), {**ROW, "pending_version": "p"})
+        cursor = cursor_of(conn)
+        assert raw.run(cursor, {"w_sop": ROW["sop_instance_uid"], "version": "new"}).rowcount == 1
+        with pytest.raises(KeyError, match="w_sop"):
+            raw.run(cursor, {"version": "new"})
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "i.sqlite3") as db:
+        assert db.execute("SELECT status, pending_version, version FROM instances").fetchall() == [
+            (1, None, "new")
+        ]
