@@ -172,3 +172,32 @@ def test_a_value_pydicom_cannot_convert_fails_only_that_instance(tmp_path: Path)
     assert outcome.reason is FailureReason.CANNOT_UNDERSTAND
     assert outcome.message == "an attribute value is malformed and cannot be read"
     assert _files(blobs) == []
+
+
+def test_an_instance_stored_in_the_first_layout_is_read_replaced_and_deleted_after_the_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written before the layout lost its folder per instance (16-hex versions) keeps
+    working: its instance, metadata and frames are found, a replacement removes them, and a delete
+    of the new version leaves no file behind."""
+    from shared.core import store as store_module
+    from shared.core.service import DicomwebService
+
+    monkeypatch.setattr(store_module, "new_version", lambda: "0123456789abcdef")  # as written before
+    store, index, blobs = _store(tmp_path, overwrite=True)
+    data = _fresh()
+    outcome = store.store_instance(io.BytesIO(data), len(data))
+    assert outcome.status is StoreStatus.STORED
+    assert all("/0123456789abcdef." in name for name in _files(blobs)), "written in the first layout"
+    monkeypatch.undo()  # the upgrade
+    service = DicomwebService(blobs, index, store, "default")
+    (old,) = service.find(outcome.study_uid)  # type: ignore[arg-type]
+    assert b"".join(service.instance_bytes(old, "*")) == data
+    assert service.stored_metadata(old)["00080018"]["Value"] == [outcome.sop_instance_uid]
+    assert service.frame_index(old).number_of_frames == 1
+    replaced = store.store_instance(io.BytesIO(data), len(data))
+    assert replaced.status is StoreStatus.STORED
+    names = _files(blobs)
+    assert len(names) == 3 and not any("0123456789abcdef" in n for n in names), "the old version is gone"
+    service.delete(outcome.study_uid)  # type: ignore[arg-type]
+    assert _files(blobs) == []

@@ -60,8 +60,8 @@ def parts(*paths: Path) -> list[tuple[BinaryIO, int]]:
 
 
 def folder(u: InstanceUids) -> str:
-    """The blob folder of every version of an instance."""
-    return instance_blobs("default", u, "v").instance.rsplit("/", 1)[0] + "/"
+    """The name prefix of every blob of every version of an instance (`<aa>/<bb>/<hash>`)."""
+    return instance_blobs("default", u, new_version()).instance.split(".", 1)[0]
 
 
 def on_disk(root: Path) -> list[str]:
