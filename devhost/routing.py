@@ -224,8 +224,11 @@ class RouteTemplate:
         literals = sum(1 for segment in self._segments if segment.kind is SegmentKind.LITERAL)
         return (-literals, tuple(int(segment.kind) for segment in self._segments))
 
-    def match(self, raw_segments: list[str]) -> dict[str, str] | None:
-        """Match raw (percent-encoded) path segments; values are decoded once."""
+    def match(self, raw_segments: list[str], decoded: list[str] | None = None) -> dict[str, str] | None:
+        """Match raw (percent-encoded) path segments; values are decoded once (`decoded`: the
+        segments already decoded, when the caller tries several templates)."""
+        if decoded is None:
+            decoded = [unquote(segment) for segment in raw_segments]
         values: dict[str, str] = {}
         for index, segment in enumerate(self._segments):
             param = segment.parameter
@@ -243,15 +246,15 @@ class RouteTemplate:
                 if param.default is not None:
                     values[param.name] = param.default
                 continue
-            decoded = unquote(raw_segments[index])
+            value = decoded[index]
             if segment.literal is not None:
-                if decoded.casefold() != segment.literal:
+                if value.casefold() != segment.literal:
                     return None
             elif param is not None:
-                if decoded == "" or not param.accepts(decoded):
+                if value == "" or not param.accepts(value):
                     return None
-                values[param.name] = decoded
-            elif not _match_complex(segment, decoded, values):
+                values[param.name] = value
+            elif not _match_complex(segment, value, values):
                 return None
         if len(raw_segments) > len(self._segments):
             return None
@@ -314,9 +317,10 @@ class Router(Generic[T]):
     def resolve(self, method: str, raw_path: str) -> RouteMatch[T] | MethodNotAllowed | None:
         """The first route that matches path and method; MethodNotAllowed; or None (not found)."""
         segments = split_raw_path(raw_path)
+        decoded = [unquote(segment) for segment in segments]
         allowed: set[str] = set()
         for route in self.routes:
-            params = route.template.match(segments)
+            params = route.template.match(segments, decoded)
             if params is None:
                 continue
             if route.allows(method):
