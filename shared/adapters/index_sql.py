@@ -106,6 +106,19 @@ _DELETE_WORDS = delete(words).where(words.c.study_pk == bindparam("w_study_pk"))
 _INSERT_WORDS = words.insert()
 
 
+# PostgreSQL's answers to two transactions that got in each other's way (deadlock_detected,
+# serialization_failure): the batch is retried item by item, not reported as an outage.
+_RACE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return (
+        getattr(cause, "sqlstate", None) in _RACE_SQLSTATES
+        or getattr(getattr(cause, "orig", None), "sqlstate", None) in _RACE_SQLSTATES
+    )
+
+
 class _OneFailed(Exception):
     """An item of a batch commit lost its pending instance: the batch is undone and retried item by item."""
 
@@ -213,19 +226,24 @@ class SqlMetadataIndex:
         if len(records) == 1:
             return begin_each(self, records, replace=replace)
         now = _now()
-        results: list[PendingInstance | Exception] = []
+        # In SOP Instance UID order: two batches that insert some of the same instances then lock
+        # their rows in the same order, so that on PostgreSQL one waits for the other, never both.
+        order = sorted(range(len(records)), key=lambda k: records[k].uids.instance)
+        results: dict[int, PendingInstance | Exception] = {}
         try:
             with self._store_tx() as (_conn, cur):
-                for record in records:
+                for k in order:
                     try:
-                        results.append(self._begin(cur, record, replace, now))
+                        results[k] = self._begin(cur, records[k], replace, now)
                     except Conflict as exc:  # raised before this record wrote anything
-                        results.append(exc)
+                        results[k] = exc
         except Unavailable as exc:
-            return [exc] * len(records)
+            if not _lost_a_race(exc):
+                return [exc] * len(records)
+            return begin_each(self, records, replace=replace)
         except Exception:
             return begin_each(self, records, replace=replace)
-        return results
+        return [results[k] for k in range(len(records))]
 
     def _begin(self, cur: Any, record: InstanceRecord, replace: bool, now: datetime) -> PendingInstance:
         uids = record.uids
@@ -273,6 +291,7 @@ class SqlMetadataIndex:
 
     def commit_instance(self, record: InstanceRecord, pending: PendingInstance) -> None:
         with self._store_tx() as (conn, cur):
+            self._lock_changes(cur)
             if not self._commit(cur, record, pending, _now()):
                 conn.rollback()
                 raise Conflict("the instance was stored concurrently by another request")
@@ -287,14 +306,25 @@ class SqlMetadataIndex:
         now = _now()
         try:
             with self._store_tx() as (_conn, cur):
+                self._lock_changes(cur)
                 for record, pending in items:
                     if not self._commit(cur, record, pending, now):
                         raise _OneFailed
         except Unavailable as exc:
-            return [exc] * len(items)
+            if not _lost_a_race(exc):
+                return [exc] * len(items)
+            return commit_each(self, items)
         except Exception:
             return commit_each(self, items)
         return [None] * len(items)
+
+    def _lock_changes(self, cur: Any) -> None:
+        """PostgreSQL: take the change feed's lock first, before any row lock. Sequences are
+        handed out at insert time, not at commit: without it a reader could page past a lower
+        sequence that commits later and never see it. Taken first (as delete does), every commit
+        queues on it before locking a study, series or instance row, so no two can deadlock."""
+        if self._raw.change_lock is not None:
+            self._raw.change_lock.run(cur, {"key": changefeed.CHANGE_LOCK}).fetchall()
 
     def _commit(self, cur: Any, record: InstanceRecord, pending: PendingInstance, now: datetime) -> bool:
         """Write the study, series and instance rows and the change; False if the pending instance
@@ -327,10 +357,6 @@ class SqlMetadataIndex:
         if stmt.run(cur, values).rowcount != 1:
             return False
         action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
-        if raw.change_lock is not None:
-            # Sequences are handed out at insert time, not at commit: without this lock a reader
-            # could page past a lower sequence that commits later and never see it.
-            raw.change_lock.run(cur, {"key": changefeed.CHANGE_LOCK}).fetchall()
         raw.append_change.run(
             cur,
             {

@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from shared.core.dicomjson import dataset_to_json, dumps, pixel_data_json
-from shared.core.errors import Conflict
+from shared.core.errors import Conflict, Unavailable
 from shared.core.frames import FrameIndex, PixelDataError, index_frames
 from shared.core.layout import instance_blobs, new_version
 from shared.core.levels import split_levels
@@ -281,6 +281,14 @@ class InstanceStore:
         begun = self._index.begin_instances(
             [prepared.record for _, prepared in batch], replace=self._policy.overwrite_existing
         )
+        down = next((result for result in begun if isinstance(result, Unavailable)), None)
+        if down is not None:
+            # The index is down: nothing of this batch is stored, and the request is answered 503
+            # (a retry later succeeds) rather than each instance being failed one by one.
+            for result in begun:
+                if isinstance(result, PendingInstance):
+                    self._undo(_Begun(batch[0][1], result, []))
+            raise down
         written: list[tuple[int, _Begun]] = []
         for (position, prepared), pending in zip(batch, begun, strict=True):
             if isinstance(pending, Exception):
@@ -298,6 +306,8 @@ class InstanceStore:
             return
         committed = self._index.commit_instances([(e.prepared.record, e.pending) for _, e in written])
         for (position, entry), error in zip(written, committed, strict=True):
+            if isinstance(error, Unavailable):
+                error = self._commit_outcome(entry)
             if error is not None:
                 self._undo(entry)
                 outcomes[position] = self._refused(entry.prepared, error)
@@ -305,6 +315,21 @@ class InstanceStore:
             outcomes[position] = entry.prepared.outcome
             if entry.pending.replaces is not None:
                 self._delete_version(entry.prepared.record.uids, entry.pending.replaces)
+
+    def _commit_outcome(self, entry: _Begun) -> Exception | None:
+        """After a commit that failed as Unavailable (the connection lost, perhaps during COMMIT):
+        None if the instance is committed after all, else an exception that lets it be undone.
+        When the index cannot even be read, the outcome is unknown: the files are kept (a committed
+        instance must not lose them; a pending one is taken over by a retry) and it fails."""
+        uids = entry.prepared.record.uids
+        try:
+            found = self._index.find_instances(uids.study, uids.series, uids.instance)
+        except Exception:
+            entry.written.clear()  # nothing is undone: not the files, and the index is unreachable
+            return Unavailable("the index is unavailable; the outcome of the store is unknown")
+        if any(stored.version == entry.pending.version for stored in found):
+            return None
+        return Unavailable("the index is unavailable; retry later")
 
     def _write_files(self, entry: _Begun) -> None:
         prepared = entry.prepared

@@ -181,6 +181,9 @@ async def _store_multipart(
                     await stored.outcomes(), f"the request is larger than the limit of {limits.request} bytes"
                 )
         reader.close()
+    except asyncio.CancelledError:
+        stored.stop()  # the client is gone: what is being stored finishes, nothing more starts
+        raise
     finally:
         if spool is not None:
             spool.close()
@@ -256,6 +259,10 @@ class _Pipeline:
             if self._waiting and not self._stopped:
                 self._start()
 
+    def stop(self) -> None:
+        """The request is cancelled: parts waiting are not stored (drain closes their spools)."""
+        self._stopped = True
+
     async def _wait(self) -> None:
         """Wait for the batch under way. If the request is cancelled meanwhile, that store (in
         its thread) still finishes, and is waited for, before the cancellation goes on."""
@@ -265,7 +272,7 @@ class _Pipeline:
         try:
             await asyncio.wait([running])
         except asyncio.CancelledError:
-            self._stopped = True
+            self.stop()
             await asyncio.wait([running])
             raise
 

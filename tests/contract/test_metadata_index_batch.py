@@ -14,6 +14,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -405,3 +406,86 @@ def test_sqlite_whose_folder_is_gone_before_its_first_write_is_unavailable(tmp_p
         assert kinds(committed) == ["Unavailable"] * len(recs)
     finally:
         engine.dispose()
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def two_sql_indexes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[SqlMetadataIndex, ...]]:
+    """Two indexes on one database, each with its own engine, as two worker processes have."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/i.sqlite3"
+    else:
+        from tests.services import fresh_postgres_database
+
+        url = fresh_postgres_database()
+    engines = [make_engine(url), make_engine(url)]
+    try:
+        yield tuple(SqlMetadataIndex(url, engine=engine) for engine in engines)
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def _together(*calls: Callable[[], object]) -> list[object]:
+    """Run the calls in threads released at the same moment; their results in order."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(k: int) -> None:
+        barrier.wait()
+        try:
+            results[k] = calls[k]()
+        except Exception as exc:  # reported in the result, so the assertion names it
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_sql_a_batch_over_two_studies_and_a_concurrent_commit_into_one_of_them_both_commit(
+    two_sql_indexes: tuple[SqlMetadataIndex, SqlMetadataIndex],
+) -> None:
+    """On PostgreSQL a batch locks several studies' rows: every commit takes the change feed's
+    lock before any row lock, so this never deadlocks (it did when the lock came last: the
+    whole batch then failed as Unavailable)."""
+    first, second = two_sql_indexes
+    for study in (STUDY_A, STUDY_B):
+        existing = record(study, uid(), 1)
+        first.commit_instance(existing, first.begin_instance(existing, replace=False))
+    for _ in range(8):
+        batch = [record(STUDY_A, uid(), 1) for _ in range(20)] + [record(STUDY_B, B1, 1)]
+        single = record(STUDY_B, B1, 2)
+        begun = first.begin_instances(batch, replace=False)
+        pending = second.begin_instance(single, replace=False)
+        assert all(isinstance(p, PendingInstance) for p in begun)
+        got_batch, got_single = _together(
+            partial(first.commit_instances, list(zip(batch, begun, strict=True))),
+            partial(second.commit_instance, single, pending),
+        )
+        assert got_single is None
+        assert got_batch == [None] * len(batch)
+
+
+def test_sql_two_begin_batches_of_the_same_instances_in_opposite_orders_both_answer(
+    two_sql_indexes: tuple[SqlMetadataIndex, SqlMetadataIndex],
+) -> None:
+    """The pending rows are inserted in UID order whatever the batch order, so two batches that
+    share instances wait for each other instead of deadlocking; the later one takes the pending
+    rows over (as a retry of a crashed store would)."""
+    first, second = two_sql_indexes
+    for _ in range(8):
+        shared = [uid() for _ in range(6)]
+        forward = [record(STUDY_A, A1, n, instance=u) for n, u in enumerate(shared)]
+        backward = [record(STUDY_A, A1, n, instance=u) for n, u in reversed(list(enumerate(shared)))]
+        got = _together(
+            partial(first.begin_instances, forward, replace=False),
+            partial(second.begin_instances, backward, replace=False),
+        )
+        for results in got:
+            assert isinstance(results, list)
+            assert kinds(results) == ["PendingInstance"] * len(shared)

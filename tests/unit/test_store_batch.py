@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 import pytest
@@ -246,18 +246,57 @@ class UnavailableAtBegin(SqlMetadataIndex):
         return [Unavailable("the index database is unavailable; retry later") for _ in records]
 
 
-def test_an_index_unavailable_at_begin_fails_every_instance_and_writes_nothing(tmp_path: Path) -> None:
+def test_an_index_unavailable_at_begin_raises_and_writes_nothing(tmp_path: Path) -> None:
+    """The whole request is then answered 503 (retry later), not each instance failed: a client
+    such as dicomweb-client does not retry a 409."""
     store, index, _ = make(tmp_path, index_type=UnavailableAtBegin)
-    outcomes = store.store_instances(parts(CT2[0], MR, CT2[1]))
-    assert summary(outcomes) == [
-        (FAILED, FailureReason.PROCESSING_FAILURE, uids(CT2[0]).instance),
-        (FAILED, FailureReason.PROCESSING_FAILURE, uids(MR).instance),
-        (FAILED, FailureReason.PROCESSING_FAILURE, uids(CT2[1]).instance),
-    ]
+    with pytest.raises(Unavailable):
+        store.store_instances(parts(CT2[0], MR, CT2[1]))
     for path in (CT2[0], MR):
         assert index.find_instances(uids(path).study) == []
     assert index.search(parse_query(Level.STUDY, [])) == []
     assert on_disk(tmp_path / "blobs") == []
+
+
+class UnavailableAfterCommit(SqlMetadataIndex):
+    """The commit goes through but its answer is lost (the connection drops during COMMIT)."""
+
+    readable = True
+
+    def commit_instances(
+        self, items: Sequence[tuple[InstanceRecord, PendingInstance]]
+    ) -> list[Exception | None]:
+        super().commit_instances(items)
+        return [Unavailable("the connection was lost during COMMIT") for _ in items]
+
+    def find_instances(self, study: str, series: str | None = None, instance: str | None = None) -> Any:
+        if not self.readable:
+            raise Unavailable("the index is down")
+        return super().find_instances(study, series, instance)
+
+
+def test_a_commit_whose_answer_was_lost_is_stored_when_the_index_says_so(tmp_path: Path) -> None:
+    store, index, blobs = make(tmp_path, index_type=UnavailableAfterCommit)
+    outcomes = store.store_instances(parts(CT2[0], MR))
+    assert [o.status for o in outcomes] == [STORED, STORED]
+    for path in (CT2[0], MR):
+        assert stored_bytes(blobs, index, uids(path)) == path.read_bytes()
+
+
+def test_a_commit_of_unknown_outcome_keeps_its_files(tmp_path: Path) -> None:
+    """Lost answer and the index unreadable: the instances are reported failed (retry later), but
+    their files stay, since they may be committed: undoing them could leave an instance without files."""
+    store, index, blobs = make(tmp_path, index_type=UnavailableAfterCommit)
+    assert isinstance(index, UnavailableAfterCommit)
+    index.readable = False
+    outcomes = store.store_instances(parts(CT2[0], MR))
+    assert summary(outcomes) == [
+        (FAILED, FailureReason.PROCESSING_FAILURE, uids(CT2[0]).instance),
+        (FAILED, FailureReason.PROCESSING_FAILURE, uids(MR).instance),
+    ]
+    index.readable = True
+    for path in (CT2[0], MR):
+        assert stored_bytes(blobs, index, uids(path)) == path.read_bytes()
 
 
 class TakenOverBeforeCommit(SqlMetadataIndex):

@@ -236,3 +236,58 @@ def test_a_spool_gives_back_every_byte_in_memory_or_on_disk(limit: int) -> None:
     spool.close()
     if on_disk:
         assert fp.closed
+
+
+async def test_a_request_cancelled_while_its_body_is_received_starts_no_new_batch() -> None:
+    """Through the STOW handler's own loop: the client goes away while the body is still coming.
+    The part being stored finishes; the part received and waiting is never stored."""
+    from starlette.requests import Request
+
+    from shared.core.media import parse_media_type
+    from shared.web.stow import _Limits, _store_multipart
+
+    store = Store()
+    store.hold()
+    app: Any = SimpleNamespace(
+        service=SimpleNamespace(store=store),
+        settings=SimpleNamespace(
+            store_batch_parts=100,
+            store_batch_bytes=1 << 20,
+            spool_memory_bytes=1 << 20,
+            max_request_bytes=1 << 30,
+            max_instance_bytes=1 << 30,
+            max_parts=100,
+        ),
+    )
+    content_type = 'multipart/related; type="application/dicom"; boundary=b0undary'
+    # A and B whole (B ends where C's delimiter begins), then the first bytes of C
+    first = (
+        b"".join(
+            b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + name + b"\r\n" for name in (b"A", b"B")
+        )
+        + b"--b0undary\r\nContent-Type: application/dicom\r\n\r\nC..."
+    )
+    never = asyncio.Event()
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": first, "more_body": True}
+        await never.wait()  # the rest of the body never comes
+        raise AssertionError("unreachable")
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", content_type.encode())]}
+    request = Request(scope, receive)
+    task = asyncio.ensure_future(
+        _store_multipart(request, app, _Limits(app), parse_media_type(content_type), None)
+    )
+    await entered(store)  # A is being stored; B has been received and waits
+    await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.sleep(0.02)
+    store.release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.batches == [["A"]], "B was not stored after the cancellation"
