@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m bench --baseline orthanc
+	$(BIN)/python -m bench --baseline orthanc --rounds 3
 
 clean:
 	rm -rf $(VENV) node_modules .data .azurite .pytest_cache .mypy_cache .ruff_cache
