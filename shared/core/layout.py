@@ -1,14 +1,16 @@
 """Blob names: no UIDs (they can carry patient data), spread by a hash, versioned.
 
-An instance version keeps three blobs side by side, named by the hash of its UIDs and its version:
-  `<aa>/<bb>/<hash>.<version>.dcm`          the instance, byte for byte as received
-  `<aa>/<bb>/<hash>.<version>.json`         its metadata as DICOM JSON (BulkDataURI placeholders)
-  `<aa>/<bb>/<hash>.<version>.frames.json`  its frame byte ranges
+An instance version is two blobs side by side, named by the hash of its UIDs and its version:
+  `<aa>/<bb>/<hash>.<version>.dcm`   the instance, byte for byte as received
+  `<aa>/<bb>/<hash>.<version>.json`  its sidecar: one line of JSON with its frame byte ranges, a
+                                     newline, then its metadata as DICOM JSON (BulkDataURI
+                                     placeholders). Neither JSON holds a raw newline.
 
-Versions written before December 2026 (16 hex digits, no "-") keep their first layout, one folder
-per instance: `<aa>/<bb>/<hash>/<version>.dcm` and so on. A folder per instance cost a directory
-inode per instance on a filesystem store, for nothing; a version now says which layout it has,
-so stores written before read on unchanged.
+Versions written before December 2026 (16 hex digits, no "-") keep their first layout: a folder
+per instance and three blobs, `<aa>/<bb>/<hash>/<version>.dcm`, `.json` (the metadata alone) and
+`.frames.json`. A folder per instance cost a directory inode and block per instance on a
+filesystem store, and a third blob a third write (an Azure Storage transaction) per instance; a
+version now says which layout it has, so stores written before read on unchanged.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ def new_version() -> str:
 @dataclass(frozen=True, slots=True)
 class InstanceBlobs:
     instance: str
-    metadata: str
-    frames: str
+    metadata: str  # the sidecar (metadata after the frame index line), or the metadata alone
+    frames: str  # the sidecar too, or the frame index alone
+    combined: bool  # the sidecar layout: `metadata` and `frames` are one blob
 
-    def all(self) -> tuple[str, str, str]:
+    def all(self) -> tuple[str, ...]:
+        if self.combined:
+            return (self.instance, self.metadata)
         return (self.instance, self.metadata, self.frames)
 
 
@@ -43,6 +48,18 @@ def instance_blobs(partition: str, uids: InstanceUids, version: str) -> Instance
     ).hexdigest()
     if version.startswith(_LAYOUT):
         prefix = f"{digest[:2]}/{digest[2:4]}/{digest}.{version}"
-    else:  # the first layout: a folder per instance
-        prefix = f"{digest[:2]}/{digest[2:4]}/{digest}/{version}"
-    return InstanceBlobs(f"{prefix}.dcm", f"{prefix}.json", f"{prefix}.frames.json")
+        return InstanceBlobs(f"{prefix}.dcm", f"{prefix}.json", f"{prefix}.json", combined=True)
+    prefix = f"{digest[:2]}/{digest[2:4]}/{digest}/{version}"  # the first layout
+    return InstanceBlobs(f"{prefix}.dcm", f"{prefix}.json", f"{prefix}.frames.json", combined=False)
+
+
+def sidecar(frames: bytes, metadata: bytes) -> bytes:
+    """The sidecar blob of a version: the frame index line, then the metadata."""
+    if b"\n" in frames:
+        raise ValueError("the frame index JSON must be one line")
+    return frames + b"\n" + metadata
+
+
+def sidecar_metadata(blobs: InstanceBlobs, data: bytes) -> bytes:
+    """The metadata JSON from the bytes of `blobs.metadata`."""
+    return data[data.index(b"\n") + 1 :] if blobs.combined else data

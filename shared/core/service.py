@@ -21,7 +21,7 @@ from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery, ChangeState
 from shared.core.dicomjson import PIXEL_DATA, absolutize, parse_bulk_path, tag_key
 from shared.core.errors import NotFound
 from shared.core.frames import FrameIndex, decode_frame, read_frame
-from shared.core.layout import InstanceBlobs, instance_blobs
+from shared.core.layout import InstanceBlobs, instance_blobs, sidecar_metadata
 from shared.core.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
 from shared.core.model import DicomJson, SearchHit, StoredInstance
 from shared.core.ports import BlobStore, MetadataIndex
@@ -100,8 +100,10 @@ class DicomwebService:
 
     # --- WADO-RS: frames ---------------------------------------------------------------------
     def frame_index(self, stored: StoredInstance) -> FrameIndex:
-        with self.blobs.open(self.blobs_of(stored).frames) as fp:
-            return FrameIndex.from_json(json.load(fp))
+        blobs = self.blobs_of(stored)
+        with self.blobs.open(blobs.frames) as fp:
+            line = fp.readline() if blobs.combined else fp.read()  # the sidecar's first line
+        return FrameIndex.from_json(json.loads(line))
 
     def check_frames(self, stored: StoredInstance, numbers: Sequence[int]) -> FrameIndex:
         """The instance's frame index, once every asked frame is known to exist (NotFound otherwise)."""
@@ -154,16 +156,18 @@ class DicomwebService:
         """A JSON array of the instances' stored metadata, streamed one instance at a time."""
         yield b"["
         for number, stored in enumerate(found):
-            with self.blobs.open(self.blobs_of(stored).metadata) as fp:
-                doc = fp.read()
+            doc = self._metadata_bytes(self.blobs_of(stored))
             uids = stored.uids
             url = f"{base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}"
             yield (b", " if number else b"") + absolutize(doc, url)
         yield b"]"
 
+    def _metadata_bytes(self, blobs: InstanceBlobs) -> bytes:
+        with self.blobs.open(blobs.metadata) as fp:
+            return sidecar_metadata(blobs, fp.read())
+
     def stored_metadata(self, stored: StoredInstance) -> DicomJson:
-        with self.blobs.open(self.blobs_of(stored).metadata) as fp:
-            doc: DicomJson = json.load(fp)
+        doc: DicomJson = json.loads(self._metadata_bytes(self.blobs_of(stored)))
         return doc
 
     def open_instance(self, stored: StoredInstance) -> BinaryIO:
@@ -225,12 +229,11 @@ class DicomwebService:
     def _change_json(self, entry: ChangeFeedEntry, include_metadata: bool, base: str) -> DicomJson:
         metadata = None
         if include_metadata and entry.state is ChangeState.CURRENT:
-            key = instance_blobs(self._partition, entry.uids, entry.version).metadata
+            blobs = instance_blobs(self._partition, entry.uids, entry.version)
             try:
-                with self.blobs.open(key) as fp:
-                    uids = entry.uids
-                    url = f"{base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}"
-                    metadata = json.loads(absolutize(fp.read(), url))
+                uids = entry.uids
+                url = f"{base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}"
+                metadata = json.loads(absolutize(self._metadata_bytes(blobs), url))
             except NotFound:
                 metadata = None  # replaced or deleted since the page was read
         return entry.to_json(metadata, include_metadata)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.core.layout import instance_blobs, new_version
+from shared.core.layout import instance_blobs, new_version, sidecar, sidecar_metadata
 from shared.core.model import InstanceUids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,3 +108,16 @@ def test_versions_differ_and_partitions_separate() -> None:
     uids = InstanceUids("1.2", "1.2.3", "1.2.3.4")
     assert new_version() != new_version()
     assert instance_blobs("a", uids, "v").instance != instance_blobs("b", uids, "v").instance
+
+
+def test_the_sidecar_holds_the_frame_index_line_then_the_metadata() -> None:
+    blobs = instance_blobs("default", InstanceUids("1.2", "1.2.3", "1.2.3.4"), new_version())
+    assert blobs.combined and blobs.metadata == blobs.frames and len(blobs.all()) == 2
+    metadata = b'{"00204000": {"vr": "LT", "Value": ["two\\nlines"]}}'  # escaped, as JSON writes it
+    data = sidecar(b'{"numberOfFrames":1}', metadata)
+    assert data.split(b"\n", 1)[0] == b'{"numberOfFrames":1}'
+    assert sidecar_metadata(blobs, data) == metadata
+    with pytest.raises(ValueError, match="one line"):
+        sidecar(b'{\n"numberOfFrames": 1}', metadata)
+    first = instance_blobs("default", InstanceUids("1.2", "1.2.3", "1.2.3.4"), "0123456789abcdef")
+    assert not first.combined and sidecar_metadata(first, metadata) == metadata

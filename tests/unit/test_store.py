@@ -66,13 +66,13 @@ def test_store_writes_instance_metadata_and_frames_and_indexes(tmp_path: Path) -
     (found,) = index.find_instances(outcome.study_uid)  # type: ignore[arg-type]
     assert found.size == len(data) and found.number_of_frames == 1
     names = _files(blobs)
-    assert len(names) == 3 and sum(n.endswith(".dcm") for n in names) == 1
+    assert len(names) == 2 and sum(n.endswith(".dcm") for n in names) == 1  # the instance, its sidecar
     dcm = next(n for n in names if n.endswith(".dcm"))
     with blobs.open(dcm) as fp:
         assert fp.read() == data  # stored exactly as received
 
 
-@pytest.mark.parametrize("fail_on", [1, 2, 3], ids=["instance-blob", "metadata-blob", "frames-blob"])
+@pytest.mark.parametrize("fail_on", [1, 2], ids=["instance-blob", "sidecar-blob"])
 def test_a_failed_write_leaves_nothing_and_a_retry_succeeds(tmp_path: Path, fail_on: int) -> None:
     blobs = FailingBlobStore(tmp_path / "blobs", fail_on)
     store, index, _ = _store(tmp_path, blobs)
@@ -108,7 +108,7 @@ def test_duplicate_fails_with_conflict_reason_and_keeps_the_original(tmp_path: P
     again = store.store_instance(io.BytesIO(data), len(data))
     assert again.status is StoreStatus.FAILED and again.reason is FailureReason.DUPLICATE_SOP_INSTANCE
     assert index.find_instances(first.study_uid) == [before]  # type: ignore[arg-type]
-    assert len(_files(blobs)) == 3
+    assert len(_files(blobs)) == 2
 
 
 def test_replace_mode_supersedes_and_removes_the_old_version(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_replace_mode_supersedes_and_removes_the_old_version(tmp_path: Path) -> 
     assert second.status is StoreStatus.STORED
     (after,) = index.find_instances(first.study_uid)  # type: ignore[arg-type]
     assert after.version != before.version
-    assert len(_files(blobs)) == 3
+    assert len(_files(blobs)) == 2
 
 
 @pytest.mark.parametrize(
@@ -198,6 +198,6 @@ def test_an_instance_stored_in_the_first_layout_is_read_replaced_and_deleted_aft
     replaced = store.store_instance(io.BytesIO(data), len(data))
     assert replaced.status is StoreStatus.STORED
     names = _files(blobs)
-    assert len(names) == 3 and not any("0123456789abcdef" in n for n in names), "the old version is gone"
+    assert len(names) == 2 and not any("0123456789abcdef" in n for n in names), "the old version is gone"
     service.delete(outcome.study_uid)  # type: ignore[arg-type]
     assert _files(blobs) == []
