@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from shared.core.model import InstanceUids
 
 _LAYOUT = "2-"  # the prefix of a version in the current layout
+_BLOCK = 64 * 1024
 
 
 def new_version() -> str:
@@ -58,6 +60,19 @@ def sidecar(frames: bytes, metadata: bytes) -> bytes:
     if b"\n" in frames:
         raise ValueError("the frame index JSON must be one line")
     return frames + b"\n" + metadata
+
+
+def sidecar_frames(fp: BinaryIO) -> bytes:
+    """The frame index JSON from an open sidecar: its first line, read in blocks (a reader
+    without a buffer, such as a blob download, would otherwise be read byte by byte)."""
+    blocks: list[bytes] = []
+    while block := fp.read(_BLOCK):
+        end = block.find(b"\n")
+        if end >= 0:
+            blocks.append(block[:end])
+            break
+        blocks.append(block)
+    return b"".join(blocks)
 
 
 def sidecar_metadata(blobs: InstanceBlobs, data: bytes) -> bytes:

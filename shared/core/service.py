@@ -21,7 +21,7 @@ from shared.core.changefeed import ChangeFeedEntry, ChangeFeedQuery, ChangeState
 from shared.core.dicomjson import PIXEL_DATA, absolutize, parse_bulk_path, tag_key
 from shared.core.errors import NotFound
 from shared.core.frames import FrameIndex, decode_frame, read_frame
-from shared.core.layout import InstanceBlobs, instance_blobs, sidecar_metadata
+from shared.core.layout import InstanceBlobs, instance_blobs, sidecar_frames, sidecar_metadata
 from shared.core.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS
 from shared.core.model import DicomJson, SearchHit, StoredInstance
 from shared.core.ports import BlobStore, MetadataIndex
@@ -102,7 +102,7 @@ class DicomwebService:
     def frame_index(self, stored: StoredInstance) -> FrameIndex:
         blobs = self.blobs_of(stored)
         with self.blobs.open(blobs.frames) as fp:
-            line = fp.readline() if blobs.combined else fp.read()  # the sidecar's first line
+            line = sidecar_frames(fp) if blobs.combined else fp.read()
         return FrameIndex.from_json(json.loads(line))
 
     def check_frames(self, stored: StoredInstance, numbers: Sequence[int]) -> FrameIndex:

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.core.layout import instance_blobs, new_version, sidecar, sidecar_metadata
+from shared.core.layout import instance_blobs, new_version, sidecar, sidecar_frames, sidecar_metadata
 from shared.core.model import InstanceUids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +122,28 @@ def test_the_sidecar_holds_the_frame_index_line_then_the_metadata() -> None:
         sidecar(b'{\n"numberOfFrames": 1}', metadata)
     first = instance_blobs("default", InstanceUids("1.2", "1.2.3", "1.2.3.4"), "0123456789abcdef")
     assert not first.combined and sidecar_metadata(first, metadata) == metadata
+
+
+def test_the_frame_index_is_read_from_a_sidecar_in_blocks_whatever_its_length() -> None:
+    """A long frame index (thousands of frames) spans several blocks; an unbuffered reader is read
+    in blocks, not byte by byte."""
+    import io
+
+    frames = b"[" + b",".join(b"[[%d,512]]" % (n * 512) for n in range(20_000)) + b"]"
+    data = sidecar(frames, b'{"00080018": {"vr": "UI", "Value": ["1.2.3"]}}')
+
+    class Unbuffered(io.RawIOBase):
+        def __init__(self) -> None:
+            self.reads: list[int] = []
+            self.inner = io.BytesIO(data)
+
+        def readinto(self, buffer: Any) -> int:
+            self.reads.append(len(buffer))
+            chunk = self.inner.read(len(buffer))
+            buffer[: len(chunk)] = chunk
+            return len(chunk)
+
+    fp = Unbuffered()
+    assert sidecar_frames(fp) == frames
+    assert len(frames) > 3 * 65536 and len(fp.reads) < 10
+    assert sidecar_frames(io.BytesIO(b"[]")) == b"[]"  # no newline: all of it
