@@ -123,35 +123,24 @@ class _OneFailed(Exception):
     """An item of a batch commit lost its pending instance: the batch is undone and retried item by item."""
 
 
-_PENDING_KEYS = (
-    "partition", "study_uid", "series_uid", "sop_instance_uid", "sop_class_uid", "status", "version",
-    "transfer_syntax", "number_of_frames", "size", "updated_at",
-)  # fmt: skip
-_STUDY_KEYS = (*_STUDY_COLUMNS, "updated_at", "partition", "study_uid")
-_SERIES_KEYS = ("study_pk", "series_uid", *_SERIES_COLUMNS)
-_CHANGE_KEYS = (
-    "partition", "action", "study_uid", "series_uid", "sop_instance_uid", "version", "timestamp", "published",
-)  # fmt: skip
-
-
 class _StorePath:
     """The store path's statements, compiled once for the index's dialect (see index_sql_raw)."""
 
     def __init__(self, index: SqlMetadataIndex) -> None:
         dialect = index._engine.dialect
-        self.insert_pending = RawStatement(index._insert_pending, dialect, _PENDING_KEYS)
+        self.insert_pending = RawStatement(index._insert_pending, dialect)
         self.instance_row = RawStatement(_INSTANCE_ROW, dialect)
         self.take_over_pending = RawStatement(_TAKE_OVER_PENDING, dialect)
         self.begin_replace = RawStatement(_BEGIN_REPLACE, dialect)
         self.update_same_names = RawStatement(_UPDATE_SAME_NAMES, dialect)
-        self.insert_study = RawStatement(index._insert_study, dialect, _STUDY_KEYS)
-        self.upsert_study = RawStatement(index._upsert_study, dialect, _STUDY_KEYS)
-        self.upsert_series = RawStatement(index._upsert_series, dialect, _SERIES_KEYS)
+        self.insert_study = RawStatement(index._insert_study, dialect)
+        self.upsert_study = RawStatement(index._upsert_study, dialect)
+        self.upsert_series = RawStatement(index._upsert_series, dialect)
         self.commit_create = RawStatement(_COMMIT_CREATE, dialect)
         self.commit_replace = RawStatement(_COMMIT_REPLACE, dialect)
         self.delete_words = RawStatement(_DELETE_WORDS, dialect)
-        self.insert_words = RawStatement(_INSERT_WORDS, dialect, ("study_pk", "kind", "word"))
-        self.append_change = RawStatement(changes.insert(), dialect, _CHANGE_KEYS)
+        self.insert_words = RawStatement(_INSERT_WORDS, dialect)
+        self.append_change = RawStatement(changes.insert(), dialect)
         self.change_lock = RawStatement(ADVISORY_XACT_LOCK, dialect) if dialect.name == "postgresql" else None
 
 
@@ -357,19 +346,7 @@ class SqlMetadataIndex:
         if stmt.run(cur, values).rowcount != 1:
             return False
         action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
-        raw.append_change.run(
-            cur,
-            {
-                "partition": self._partition,
-                "action": action.value,
-                "study_uid": uids.study,
-                "series_uid": uids.series,
-                "sop_instance_uid": uids.instance,
-                "version": pending.version,
-                "timestamp": now,
-                "published": False,
-            },
-        )
+        raw.append_change.run(cur, changefeed.change_row(self._partition, action, uids, pending.version, now))
         return True
 
     def _write_study(self, cur: Any, study_uid: str, columns: dict[str, Any], now: datetime) -> int:

@@ -25,6 +25,22 @@ _MARK_PUBLISHED = (
 )
 
 
+def change_row(
+    partition: str, action: ChangeAction, uids: InstanceUids, version: str, now: datetime
+) -> dict[str, Any]:
+    """The values of a new change feed entry (the store path inserts it on its own cursor)."""
+    return {
+        "partition": partition,
+        "action": action.value,
+        "study_uid": uids.study,
+        "series_uid": uids.series,
+        "sop_instance_uid": uids.instance,
+        "version": version,
+        "timestamp": now,
+        "published": False,
+    }
+
+
 def append_change(
     conn: Connection, partition: str, action: ChangeAction, uids: InstanceUids, version: str, now: datetime
 ) -> None:
@@ -33,19 +49,7 @@ def append_change(
         # Sequences are handed out at insert time, not at commit: without this lock a reader could
         # page past a lower sequence that commits later and never see it.
         conn.execute(ADVISORY_XACT_LOCK, {"key": CHANGE_LOCK})
-    conn.execute(
-        _APPEND,
-        {
-            "partition": partition,
-            "action": action.value,
-            "study_uid": uids.study,
-            "series_uid": uids.series,
-            "sop_instance_uid": uids.instance,
-            "version": version,
-            "timestamp": now,
-            "published": False,
-        },
-    )
+    conn.execute(_APPEND, change_row(partition, action, uids, version, now))
 
 
 _LIVE = instances.alias("live")

@@ -15,15 +15,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.dml import Insert
 
 _REQUIRED = object()
 
 
-class RawStatement:
-    """One statement; `run` binds a parameter dict (names as in the Core statement)."""
+class _Compiled:
+    """A statement compiled for one dialect: its SQL and how to bind a parameter dict to it."""
 
-    def __init__(self, stmt: Executable, dialect: Dialect, column_keys: Sequence[str] | None = None) -> None:
-        compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)  # type: ignore[attr-defined]
+    def __init__(self, compiled: Any, dialect: Dialect) -> None:
         self.sql: str = compiled.string
         self._positional: bool = bool(compiled.positional)
         names: Iterable[str] = compiled.positiontup if self._positional else compiled.binds.keys()
@@ -46,12 +46,41 @@ class RawStatement:
             return tuple(out)
         return {key: value for (_n, key, _d, _p), value in zip(self._binds, out, strict=True)}
 
+
+class RawStatement:
+    """One statement; `run` binds a parameter dict (names as in the Core statement).
+
+    An INSERT's columns are those of the dict it is given, as with `Connection.execute`: it is
+    compiled once per set of keys (the store path always gives the same ones)."""
+
+    def __init__(self, stmt: Executable, dialect: Dialect) -> None:
+        self._stmt = stmt
+        self._dialect = dialect
+        self._by_keys: dict[tuple[str, ...], _Compiled] = {}
+        self._fixed = None if isinstance(stmt, Insert) else self._compile(None)
+
+    def _compile(self, keys: Sequence[str] | None) -> _Compiled:
+        compiled = self._stmt.compile(dialect=self._dialect, column_keys=keys)  # type: ignore[attr-defined]
+        return _Compiled(compiled, self._dialect)
+
+    def _for(self, params: Mapping[str, Any]) -> _Compiled:
+        if self._fixed is not None:
+            return self._fixed
+        keys = tuple(params)
+        found = self._by_keys.get(keys)
+        if found is None:
+            found = self._by_keys[keys] = self._compile(list(keys))
+        return found
+
     def run(self, cursor: Any, params: Mapping[str, Any]) -> Any:
-        cursor.execute(self.sql, self.values(params))
+        compiled = self._for(params)
+        cursor.execute(compiled.sql, compiled.values(params))
         return cursor
 
     def run_many(self, cursor: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-        cursor.executemany(self.sql, [self.values(row) for row in rows])
+        """Rows with the same keys (the first row's)."""
+        compiled = self._for(rows[0])
+        cursor.executemany(compiled.sql, [compiled.values(row) for row in rows])
 
 
 def cursor_of(conn: Connection) -> Any:

@@ -65,7 +65,7 @@ def test_an_insert_writes_the_same_row_as_sqlalchemy(tmp_path: Path, table: Any,
             if way == "core":
                 conn.execute(table.insert(), row)
             else:
-                RawStatement(table.insert(), engine.dialect, tuple(row)).run(cursor_of(conn), row)
+                RawStatement(table.insert(), engine.dialect).run(cursor_of(conn), row)
         engine.dispose()
         written.append(dump(path, table.name))
     assert written[0] == written[1]
