@@ -38,6 +38,12 @@ class InstanceBlobs:
     frames: str  # the sidecar too, or the frame index alone
     combined: bool  # the sidecar layout: `metadata` and `frames` are one blob
 
+    def contents(self, frames: bytes, metadata: bytes) -> list[tuple[str, bytes]]:
+        """What the blobs beside the instance hold, in this version's layout."""
+        if self.combined:
+            return [(self.metadata, sidecar(frames, metadata))]
+        return [(self.metadata, metadata), (self.frames, frames)]
+
     def all(self) -> tuple[str, ...]:
         if self.combined:
             return (self.instance, self.metadata)

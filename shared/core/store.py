@@ -22,7 +22,7 @@ from pydicom.uid import UID
 from shared.core.dicomjson import dataset_to_json, dumps, pixel_data_json
 from shared.core.errors import Conflict, Unavailable
 from shared.core.frames import FrameIndex, PixelDataError, index_frames
-from shared.core.layout import instance_blobs, new_version, sidecar
+from shared.core.layout import instance_blobs, new_version
 from shared.core.levels import split_levels
 from shared.core.model import (
     FailureReason,
@@ -335,14 +335,10 @@ class InstanceStore:
         prepared = entry.prepared
         blobs = instance_blobs(self._policy.partition, prepared.record.uids, prepared.record.version)
         frames = json.dumps(prepared.frames.to_json(), separators=(",", ":")).encode()
-        if blobs.combined:
-            contents = [(blobs.metadata, sidecar(frames, dumps(prepared.doc)))]
-        else:  # a version of the first layout (only a test writes one now)
-            contents = [(blobs.metadata, dumps(prepared.doc)), (blobs.frames, frames)]
         prepared.fp.seek(0)
         self._blobs.put(blobs.instance, prepared.fp)
         entry.written.append(blobs.instance)
-        for key, data in contents:
+        for key, data in blobs.contents(frames, dumps(prepared.doc)):
             self._blobs.put(key, io.BytesIO(data))
             entry.written.append(key)
 
