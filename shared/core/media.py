@@ -11,6 +11,7 @@ Both are accepted; unquoted values run to the next `;` or `,`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _QVALUE = re.compile(r"(?:0(?:\.[0-9]*)?|1(?:\.0*)?|\.[0-9]+)")
 _MAX_LIST_ITEMS = 64
 ANY = "*/*"
+# Clients send the same few header values request after request: the parse of each is kept
+# (values up to this length, this many of them; a malformed value raises again every time).
+_CACHED_LENGTH = 512
+_CACHED_VALUES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,13 @@ def _parse(value: str, *, weighted: bool) -> MediaType:
 
 def parse_media_type(value: str) -> MediaType:
     """Parse one media type such as a Content-Type value; BadRequest when it is malformed."""
+    if len(value) <= _CACHED_LENGTH:
+        return _parse_media_type_cached(value)
+    return _parse(value, weighted=False)
+
+
+@functools.lru_cache(maxsize=_CACHED_VALUES)
+def _parse_media_type_cached(value: str) -> MediaType:
     return _parse(value, weighted=False)
 
 
@@ -158,14 +170,25 @@ def parse_accept(header: str | None) -> list[MediaType]:
     ", "), empty elements are skipped, and `q` is read into `MediaType.q` rather than kept as a
     parameter. An absent or blank header means `*/*`.
     """
+    if header is not None and len(header) <= _CACHED_LENGTH:
+        return list(_parse_accept_cached(header))
+    return list(_parse_accept(header))
+
+
+@functools.lru_cache(maxsize=_CACHED_VALUES)
+def _parse_accept_cached(header: str) -> tuple[MediaType, ...]:
+    return _parse_accept(header)
+
+
+def _parse_accept(header: str | None) -> tuple[MediaType, ...]:
     if header is None or not header.strip():
-        return [MediaType(ANY)]
+        return (MediaType(ANY),)
     elements = [element for element in _split(header, ",") if element.strip()]
     if not elements:
-        return [MediaType(ANY)]
+        return (MediaType(ANY),)
     if len(elements) > _MAX_LIST_ITEMS:
         raise BadRequest(f"Too many media ranges in Accept (at most {_MAX_LIST_ITEMS})")
-    return [_parse(element, weighted=True) for element in elements]
+    return tuple(_parse(element, weighted=True) for element in elements)
 
 
 def _repair_query_accept(value: str) -> str:
@@ -271,6 +294,21 @@ def negotiate(accept: str | None, offers: Sequence[Offer], *, accept_query: str 
     with q=0 refuses what it matches unless a more specific range accepts it. Raises
     NotAcceptable, naming what the resource can be returned as, when nothing fits.
     """
+    if (
+        isinstance(offers, tuple)
+        and len(accept or "") <= _CACHED_LENGTH
+        and len(accept_query or "") <= _CACHED_LENGTH
+    ):
+        return _negotiate_cached(accept, offers, accept_query)
+    return _negotiate(accept, offers, accept_query)
+
+
+@functools.lru_cache(maxsize=_CACHED_VALUES)
+def _negotiate_cached(accept: str | None, offers: tuple[Offer, ...], accept_query: str | None) -> Negotiated:
+    return _negotiate(accept, offers, accept_query)
+
+
+def _negotiate(accept: str | None, offers: Sequence[Offer], accept_query: str | None) -> Negotiated:
     if accept_query is not None and accept_query.strip():
         ranges = parse_accept(_repair_query_accept(accept_query))
     else:

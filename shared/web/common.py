@@ -103,7 +103,9 @@ def uids(request: Request, *names: str) -> list[str | None]:
 
 
 def negotiate_request(request: Request, offers: Sequence[Offer]) -> Negotiated:
-    return negotiate(request.headers.get("accept"), offers, accept_query=request.query_params.get("accept"))
+    # No query string (a STOW, most retrieves): no `accept` parameter, and no parse of one.
+    accept_query = request.query_params.get("accept") if request.scope.get("query_string") else None
+    return negotiate(request.headers.get("accept"), tuple(offers), accept_query=accept_query)
 
 
 def json_response(

@@ -391,3 +391,27 @@ def test_offer_normalises_case_and_sets() -> None:
 def test_offer_default_syntax_must_be_offered() -> None:
     with pytest.raises(ValueError, match="default_transfer_syntax"):
         Offer("application/dicom", None, frozenset({EXPLICIT}), JPEG)
+
+
+def test_a_repeated_accept_header_gets_the_same_answer_and_a_list_of_its_own() -> None:
+    """Parses are kept per header value: what a caller does with its list reaches no later caller,
+    and a long header (not kept) is answered alike."""
+    header = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    first = parse_accept(header)
+    first.clear()
+    again = parse_accept(header)
+    assert [(media_range.type, media_range.params) for media_range in again] == [
+        ("multipart/related", (("type", "application/octet-stream"), ("transfer-syntax", "*")))
+    ]
+    long_header = ", ".join(["image/png;q=0.1"] * 40 + ["image/jpeg"])
+    assert len(long_header) > 512
+    assert negotiate(long_header, RENDERED).offer.media_type == "image/jpeg"
+    assert negotiate(long_header, tuple(RENDERED)) == negotiate(long_header, list(RENDERED))
+
+
+def test_a_malformed_value_is_refused_every_time_it_is_sent() -> None:
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            parse_media_type("multipart/related; type")
+        with pytest.raises(BadRequest):
+            negotiate("image/jpeg;q=5", RENDERED)
