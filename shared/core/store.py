@@ -139,7 +139,8 @@ def _value_length(value: object) -> int:
 def _check_indexed_lengths(levels: tuple[dict[str, Any], ...]) -> None:
     for attrs in levels:
         for tag, elem in attrs.items():
-            if any(_value_length(v) > _MAX_INDEXED_VALUE for v in elem.get("Value", ())):
+            values = elem.get("Value")
+            if values and max(map(_value_length, values)) > _MAX_INDEXED_VALUE:
                 raise _Rejected(
                     FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                     f"attribute ({tag[:4]},{tag[4:]}) is longer than {_MAX_INDEXED_VALUE} characters",

@@ -157,6 +157,40 @@ def test_study_mismatch_with_the_url_fails(tmp_path: Path) -> None:
     assert _files(blobs) == []
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("StudyDescription", "d" * 10241),  # LO, study level
+        ("PatientName", "A" * 5000 + "^" + "B" * 5241),  # PN: its name groups together
+        ("SeriesDescription", "short\\" + "s" * 10241),  # the second of two values
+    ],
+    ids=["study-LO", "PN", "second-value"],
+)
+def test_an_indexed_value_over_10240_characters_fails_that_instance(
+    tmp_path: Path, keyword: str, value: str
+) -> None:
+    ds = pydicom.dcmread(io.BytesIO(_fresh()))
+    setattr(ds, keyword, value)
+    raw = io.BytesIO()
+    ds.save_as(raw, enforce_file_format=True)
+    store, _index, blobs = _store(tmp_path)
+    outcome = store.store_instance(io.BytesIO(raw.getvalue()), len(raw.getvalue()))
+    assert outcome.status is StoreStatus.FAILED
+    assert outcome.reason is FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "is longer than 10240 characters" in outcome.message
+    assert _files(blobs) == []
+
+
+def test_an_indexed_value_of_10240_characters_is_stored(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(io.BytesIO(_fresh()))
+    ds.StudyDescription = "d" * 10240
+    raw = io.BytesIO()
+    ds.save_as(raw, enforce_file_format=True)
+    store, _index, _blobs = _store(tmp_path)
+    outcome = store.store_instance(io.BytesIO(raw.getvalue()), len(raw.getvalue()))
+    assert outcome.status is StoreStatus.STORED
+
+
 def test_a_value_pydicom_cannot_convert_fails_only_that_instance(tmp_path: Path) -> None:
     """A DS with an empty value among several (1, empty, 2) makes pydicom raise while the DICOM JSON is
     built: the instance fails as unreadable (no exception escapes the store) and leaves nothing."""
