@@ -187,7 +187,7 @@ def _build_segment(text: str, template: str) -> _Segment:
 class RouteTemplate:
     """A parsed route template; `match` returns the decoded path parameters or None."""
 
-    __slots__ = ("_segments", "parameters", "text")
+    __slots__ = ("_max_segments", "_min_segments", "_segments", "parameters", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -206,6 +206,12 @@ class RouteTemplate:
         if len(set(names)) != len(names):
             raise ValueError(f"route template {text!r} repeats a parameter name")
         self._check_order()
+        # How many path segments can match at all: a request path of another length is refused
+        # before any segment is compared (the router tries every template of the app in turn).
+        required = [segment for segment in self._segments if segment.kind < SegmentKind.CONSTRAINED_OPTIONAL]
+        self._min_segments = len(required)
+        catch_all = any(segment.kind >= SegmentKind.CONSTRAINED_CATCH_ALL for segment in self._segments)
+        self._max_segments = None if catch_all else len(self._segments)
 
     def _check_order(self) -> None:
         seen_optional = False
@@ -227,6 +233,9 @@ class RouteTemplate:
     def match(self, raw_segments: list[str], decoded: list[str] | None = None) -> dict[str, str] | None:
         """Match raw (percent-encoded) path segments; values are decoded once (`decoded`: the
         segments already decoded, when the caller tries several templates)."""
+        count = len(raw_segments)
+        if count < self._min_segments or (self._max_segments is not None and count > self._max_segments):
+            return None
         if decoded is None:
             decoded = [unquote(segment) for segment in raw_segments]
         values: dict[str, str] = {}

@@ -212,3 +212,23 @@ def test_non_string_route_prefix_is_an_error(tmp_path: Path) -> None:
     host_json.write_text(json.dumps({"extensions": {"http": {"routePrefix": 5}}}), encoding="utf-8")
     with pytest.raises(ValueError, match="routePrefix"):
         read_route_prefix(host_json)
+
+
+@pytest.mark.parametrize(
+    ("template", "path", "matches"),
+    [
+        ("api/studies/{study}", "api/studies", False),
+        ("api/studies/{study}", "api/studies/1.2/series", False),
+        ("api/studies/{study?}", "api/studies", True),
+        ("api/studies/{study=1}", "api/studies", True),
+        ("api/studies/{study?}", "api/studies/1.2/x", False),
+        ("api/files/{*rest}", "api/files/a/b/c/d", True),
+        ("api/files/{*rest}", "api/files", True),
+        ("api/files/{*rest}", "api", False),
+    ],
+)
+def test_a_path_with_more_or_fewer_segments_than_the_template_allows_does_not_match(
+    template: str, path: str, matches: bool
+) -> None:
+    segments = split_raw_path(path)
+    assert (RouteTemplate(template).match(segments) is not None) is matches
