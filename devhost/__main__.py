@@ -9,6 +9,11 @@ timer triggers; see devhost.triggers for their settings), DEVHOST_WORKERS (worke
 default FUNCTIONS_WORKER_PROCESS_COUNT, else 1). Once the socket is bound it prints
 `devhost listening on http://HOST:PORT/<prefix>` (port 0 picks a free port and prints the real
 one).
+
+With several workers they share the listening socket, and each new connection goes to the worker
+with the fewest open connections (devhost.balance): per connection, since a kept-alive connection
+stays with its worker. In Azure the Functions host dispatches each invocation to a worker process
+itself, whichever connection it came on.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from devhost.balance import balancing
 from devhost.discovery import discover
 from devhost.routing import read_route_prefix
 from devhost.server import build_asgi_app
@@ -164,7 +170,9 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
 
     Each worker builds its own app (stores, index connections, in-process event queue); the
     blob and timer triggers run in one of them (devhost.triggers). The parent only supervises:
-    it restarts a worker that dies, and Ctrl+C or SIGTERM stops them all.
+    it restarts a worker that dies, and Ctrl+C or SIGTERM stops them all. A worker accepts a new
+    connection only while no live worker has fewer open connections (devhost.balance), where
+    uvicorn's workers would race for it.
     """
     import multiprocessing
 
@@ -180,7 +188,8 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     load_function_app(os.environ.get("DEVHOST_APP", DEFAULT_APP))
-    if hasattr(uvicorn._subprocess, "spawn"):  # uvicorn 0.55's name; otherwise workers are spawned
+    forked = hasattr(uvicorn._subprocess, "spawn")  # uvicorn 0.55's name; otherwise workers are spawned
+    if forked:
         uvicorn._subprocess.spawn = multiprocessing.get_context("fork")  # type: ignore[assignment]
     else:
         logger.warning("this uvicorn has no _subprocess.spawn: workers are spawned, not forked")
@@ -209,7 +218,8 @@ def _serve_workers(args: argparse.Namespace, log_level: str, workers: int) -> No
     logger.info("%d worker processes", workers)
     print(f"devhost listening on {_url(args.host, port, prefix)}", flush=True)
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        with balancing(forked=forked):
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
         with contextlib.suppress(OSError):

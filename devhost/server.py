@@ -9,6 +9,7 @@ and stops the background work given (the non-HTTP triggers).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -98,7 +99,8 @@ class FunctionHost:
     def _health(self, method: str) -> Response:
         if method not in ("GET", "HEAD"):
             return Response(status_code=405, headers={"Allow": "GET, HEAD"})
-        return JSONResponse({"status": "ok", "functions": self.function_count})
+        # pid: which worker process answered, with DEVHOST_WORKERS > 1
+        return JSONResponse({"status": "ok", "functions": self.function_count, "pid": os.getpid()})
 
     async def _invoke(
         self, target: _HttpTarget, params: dict[str, str], scope: Scope, receive: Receive, send: Send

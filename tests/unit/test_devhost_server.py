@@ -198,7 +198,7 @@ async def test_classic_text_response_gets_a_charset_and_keeps_its_headers(client
 async def test_health_counts_only_http_functions(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "functions": 8}
+    assert response.json() == {"status": "ok", "functions": 8, "pid": os.getpid()}
 
 
 async def test_cors_preflight_is_answered_with_requested_headers(client: httpx.AsyncClient) -> None:
@@ -352,7 +352,7 @@ def test_python_m_devhost_serves_health_over_real_http(tmp_path: Path) -> None:
             health = http.get(f"{root}health")
             echo = http.get(f"{ready.split()[-1].rstrip('/')}/echo/a%20b")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "functions": 1}
+        assert health.json() == {"status": "ok", "functions": 1, "pid": process.pid}
         assert echo.text == "a b"
     finally:
         process.terminate()

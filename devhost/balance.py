@@ -1,0 +1,353 @@
+"""Least-connections balancing of accepted connections between the dev host's worker processes.
+
+With DEVHOST_WORKERS > 1 the workers share one listening socket. Left to themselves, whichever
+worker wins `accept()` gets the connection, at random; clients keep connections alive (urllib3
+pools, browsers, bench/), so with 2 workers and 2 or 4 connections the split is often 2-0 or
+3-1 and one core idles while the other saturates. Here each worker accepts a new connection only
+while it holds no more open connections than the least-loaded live worker:
+
+- `ConnectionTable`: a few bytes of shared memory (a file mapping made by the parent before it
+  forks, inherited by every worker, restarted ones included), one slot per worker: pid, open
+  connections, heartbeat (CLOCK_MONOTONIC, the same clock in every process). A worker claims a
+  slot once its lifespan startup is done (a slot is free when its pid is 0 or no longer alive, so
+  a worker that was killed and restarted leaves no stale count), under a POSIX record lock on the
+  table's file, which the kernel releases if the holder dies. It gives the slot back when it
+  begins its graceful shutdown.
+- `may_accept`: a worker may accept while its count is at most that of every other live slot.
+  A slot is live while its pid exists and its heartbeat is under `STALE_NS` old: a worker that is
+  stopped, hung, or dead but not yet reaped by the supervisor stops holding the others back.
+- `BalancedServer`, the `uvicorn.Server` of each worker: its own accept loop on the shared socket
+  instead of uvicorn's listener. Before each `accept()` (also after every wake-up: a worker that
+  was allowed when it began waiting may no longer be), it checks the gate; a gated worker
+  re-checks every `GATE_POLL_SECONDS`, a waiting one beats every `BEAT_SECONDS`. An accepted
+  socket goes to uvicorn's HTTP protocol through `loop.connect_accepted_socket` (uvloop or
+  asyncio). The count is the size of the server's own set of open connections, published on
+  every change: it goes up when uvicorn's protocol registers the connection (before the accept
+  loop takes the next one) and down when the connection closes.
+
+This balances connections, not requests: a worker with two idle keep-alive connections counts
+two. In Azure the Functions host dispatches each invocation to a worker process itself (over its
+gRPC channel), whatever connection the request came on; this only removes the dev host's own
+artefact of random connection placement.
+
+Relied on in uvicorn (0.55) beyond its documented API: `uvicorn.supervisors.multiprocess.Server`,
+the name its `Multiprocess` supervisor instantiates in each worker (swapped here, as the caller
+swaps `uvicorn._subprocess.spawn` for fork); `Server.startup(sockets)` / `Server.shutdown(sockets)`
+with an empty socket list (lifespan only, no listener); `Server.server_state` and its
+`connections` set, which every protocol adds itself to and discards itself from;
+`Server.lifespan.state`; `Config.http_protocol_class` and its constructor keywords (`config`,
+`server_state`, `app_state`), as `Server.startup` calls it. When any of these is missing, or
+there is no fork, `balancing` logs it and the workers accept at random as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import logging
+import mmap
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import uvicorn
+
+try:  # POSIX; without it there is no fork either, and the dev host runs one process
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "BEAT_SECONDS",
+    "CAPACITY",
+    "GATE_POLL_SECONDS",
+    "STALE_NS",
+    "BalancedServer",
+    "ConnectionTable",
+    "Slot",
+    "balancing",
+    "may_accept",
+    "pid_alive",
+]
+
+logger = logging.getLogger(__name__)
+
+CAPACITY = 32  # slots: DEVHOST_WORKERS is at most 10; SIGTTIN can add workers beyond it
+GATE_POLL_SECONDS = 0.005  # how often a gated worker looks at the table again
+BEAT_SECONDS = 0.1  # how often a worker waiting for a connection refreshes its heartbeat
+STALE_NS = 1_000_000_000  # a slot whose heartbeat is older holds no one back
+_FIELDS = 3  # per slot: pid, open connections, heartbeat (monotonic ns)
+_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR, errno.EAGAIN}
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists (a zombie included: see `STALE_NS`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    pid: int  # 0: free
+    connections: int
+    beat_ns: int
+
+
+def may_accept(mine: int, others: Iterable[Slot], now_ns: int, alive: Callable[[int], bool]) -> bool:
+    """The gate: True while `mine` open connections are no more than any other live worker's.
+
+    A slot counts when it is claimed (pid not 0), its heartbeat is fresh and its process exists;
+    the liveness system call is made only for slots that would gate.
+    """
+    for slot in others:
+        if slot.pid and slot.connections < mine and now_ns - slot.beat_ns <= STALE_NS and alive(slot.pid):
+            return False
+    return True
+
+
+class ConnectionTable:
+    """The slots, in a shared file mapping that forked processes inherit (see the module docstring).
+
+    Each worker writes only its own slot; reads of the others are unlocked (a count a moment old
+    only shifts one decision). Claiming a slot is done under a lock on the file.
+    """
+
+    def __init__(self, capacity: int = CAPACITY, alive: Callable[[int], bool] = pid_alive) -> None:
+        self.capacity = capacity
+        self._alive = alive
+        # Unlinked at once; open in every worker for the life of the process.
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="devhost-balance-")  # noqa: SIM115
+        self._file.truncate(capacity * _FIELDS * 8)
+        self._map = mmap.mmap(self._file.fileno(), capacity * _FIELDS * 8)
+        self._cells = memoryview(self._map).cast("q")
+
+    def close(self) -> None:
+        self._cells.release()
+        self._map.close()
+        self._file.close()
+
+    def slot(self, index: int) -> Slot:
+        base = index * _FIELDS
+        cells = self._cells
+        return Slot(pid=cells[base], connections=cells[base + 1], beat_ns=cells[base + 2])
+
+    def slots(self) -> list[Slot]:
+        return [self.slot(index) for index in range(self.capacity)]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if fcntl is None:  # pragma: no cover - no fork there: one process
+            yield
+            return
+        fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_UN)
+
+    def claim(self, pid: int, now_ns: int) -> int | None:
+        """Takes a free slot for `pid` (0 open connections) and returns its index; None when full."""
+        with self._locked():
+            for index in range(self.capacity):
+                owner = self.slot(index).pid
+                if owner == 0 or (owner != pid and not self._alive(owner)):
+                    base = index * _FIELDS
+                    self._cells[base + 1] = 0
+                    self._cells[base + 2] = now_ns
+                    self._cells[base] = pid  # last: whoever sees the pid sees its fresh count
+                    return index
+        return None
+
+    def release(self, index: int, pid: int) -> None:
+        """Frees the slot if `pid` still holds it."""
+        with self._locked():
+            base = index * _FIELDS
+            if self._cells[base] == pid:
+                self._cells[base] = 0
+                self._cells[base + 1] = 0
+
+    def publish(self, index: int, connections: int) -> None:
+        self._cells[index * _FIELDS + 1] = connections
+
+    def beat(self, index: int, now_ns: int) -> None:
+        self._cells[index * _FIELDS + 2] = now_ns
+
+    def may_accept(self, index: int, now_ns: int) -> bool:
+        mine = self._cells[index * _FIELDS + 1]
+        cells = self._cells
+        others = (
+            self.slot(other) for other in range(self.capacity) if other != index and cells[other * _FIELDS]
+        )
+        return may_accept(mine, others, now_ns, self._alive)
+
+
+class _CountedConnections(set[Any]):
+    """`ServerState.connections` that reports its size on every change."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        super().__init__()
+        self._report = report
+
+    def add(self, element: Any) -> None:
+        super().add(element)
+        self._report(len(self))
+
+    def discard(self, element: Any) -> None:
+        super().discard(element)
+        self._report(len(self))
+
+    def remove(self, element: Any) -> None:
+        super().remove(element)
+        self._report(len(self))
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
+    """Returns when `sock` is readable (a connection is pending) or after `timeout` seconds."""
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fd = sock.fileno()
+    loop.add_reader(fd, wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        loop.remove_reader(fd)
+
+
+class BalancedServer(uvicorn.Server):
+    """A worker's uvicorn server that accepts on the shared socket through the table's gate."""
+
+    def __init__(self, config: uvicorn.Config, table: ConnectionTable) -> None:
+        super().__init__(config)
+        self.table = table
+        self.slot: int | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self.server_state.connections = _CountedConnections(self._report)
+
+    def _report(self, connections: int) -> None:
+        if self.slot is not None:
+            self.table.publish(self.slot, connections)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if not sockets:  # nothing shared to accept on: uvicorn's own listener
+            await super().startup(sockets=sockets)
+            return
+        await super().startup(sockets=[])  # the lifespan, and no listener of uvicorn's
+        if not self.started:
+            return
+        pid = os.getpid()
+        self.slot = self.table.claim(pid, time.monotonic_ns())
+        if self.slot is None:
+            logger.warning("worker %d: the balancing table is full; it accepts unbalanced", pid)
+        else:
+            self.table.publish(self.slot, len(self.server_state.connections))
+            logger.info("worker %d accepts connections (least-connections, slot %d)", pid, self.slot)
+        self._acceptor = asyncio.create_task(self._accept_loop(sockets[0]))
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acceptor
+            self._acceptor = None
+        if self.slot is not None:  # its open connections no longer hold the others back
+            self.table.release(self.slot, os.getpid())
+            self.slot = None
+        await super().shutdown(sockets=sockets)
+
+    def _protocol(self) -> asyncio.Protocol:
+        """What uvicorn's own listener would create for a connection (see `Server.startup`)."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        listener.setblocking(False)
+        while True:
+            if self.slot is not None:
+                now = time.monotonic_ns()
+                self.table.beat(self.slot, now)
+                if not self.table.may_accept(self.slot, now):
+                    await asyncio.sleep(GATE_POLL_SECONDS)
+                    continue
+            try:
+                connection, _address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                await _readable(loop, listener, BEAT_SECONDS)
+                continue  # the gate again: the counts may have changed while waiting
+            except OSError as error:
+                if error.errno in _TRANSIENT_ACCEPT_ERRORS:
+                    continue
+                logger.error("accept failed (%s); trying again in 1 s", error)  # EMFILE, ENOBUFS...
+                await asyncio.sleep(1.0)
+                continue
+            await self._connect(loop, connection)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, connection: socket.socket) -> None:
+        """Hands the socket to the HTTP protocol; returns once the connection is registered (counted)."""
+        connection.setblocking(False)
+        try:
+            await loop.connect_accepted_socket(self._protocol, connection, ssl=self.config.ssl)
+        except asyncio.CancelledError:
+            connection.close()
+            raise
+        except Exception:
+            logger.exception("could not set up an accepted connection")
+            connection.close()
+
+
+def _unsupported(forked: bool) -> str | None:
+    if not forked or not hasattr(os, "fork"):
+        return "the workers are not forked"
+    if fcntl is None:  # pragma: no cover - no fork there either
+        return "no fcntl"
+    from uvicorn.supervisors import multiprocess
+
+    if getattr(multiprocess, "Server", None) is not uvicorn.Server:
+        return "this uvicorn's supervisor does not create uvicorn.Server by that name"
+    from uvicorn.server import ServerState
+
+    if not isinstance(getattr(ServerState(), "connections", None), set):
+        return "this uvicorn's ServerState has no connections set"
+    return None
+
+
+@contextlib.contextmanager
+def balancing(*, forked: bool) -> Iterator[bool]:
+    """While open, uvicorn's `Multiprocess` supervisor runs a `BalancedServer` in each worker it
+    starts (restarts included), all sharing one table. Yields False, after a log line, when the
+    balancing cannot work here (no fork, or a uvicorn without the attributes it relies on): the
+    workers then accept connections at random, as uvicorn's do.
+    """
+    reason = _unsupported(forked)
+    if reason is not None:
+        logger.warning("connections are not balanced between the worker processes: %s", reason)
+        yield False
+        return
+    from uvicorn.supervisors import multiprocess
+
+    table = ConnectionTable()
+    original = multiprocess.Server  # type: ignore[attr-defined]
+    multiprocess.Server = functools.partial(BalancedServer, table=table)  # type: ignore[attr-defined,assignment]
+    try:
+        yield True
+    finally:
+        multiprocess.Server = original  # type: ignore[attr-defined]
+        table.close()
