@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from shared.adapters.index_sql import SqlMetadataIndex
+from shared.adapters.index_sql import _now as index_now
 from shared.adapters.index_sql_schema import make_engine
 from shared.core.attributes import Level
 from shared.core.changefeed import ChangeAction, ChangeFeedEntry, ChangeFeedQuery
@@ -344,17 +346,29 @@ def sql_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
 
 
 @contextmanager
-def transactions(engine: Engine) -> Iterator[list[bool]]:
-    """Every transaction begun on `engine` meanwhile: whether it was a write transaction."""
+def transactions(engine: Engine, index: SqlMetadataIndex) -> Iterator[list[bool]]:
+    """Every transaction begun meanwhile, whether it was a write transaction: those begun through
+    SQLAlchemy on `engine`, and the store path's own (`_store_tx`, on a pooled DB-API
+    connection, always a write)."""
     begun: list[bool] = []
 
     def on_begin(conn: Connection) -> None:
         begun.append(bool(conn.get_execution_options().get("write")))
 
+    store_tx = index._store_tx
+
+    @contextmanager
+    def counted_store_tx() -> Iterator[Any]:
+        begun.append(True)
+        with store_tx() as cursor:
+            yield cursor
+
     event.listen(engine, "begin", on_begin)
+    index._store_tx = counted_store_tx  # type: ignore[method-assign]
     try:
         yield begun
     finally:
+        del index._store_tx
         event.remove(engine, "begin", on_begin)
 
 
@@ -363,11 +377,11 @@ def test_sql_a_batch_is_begun_in_one_write_transaction_and_committed_in_one(
 ) -> None:
     engine, index = sql_engine
     recs = interleaved_batch()
-    with transactions(engine) as at_begin:
+    with transactions(engine, index) as at_begin:
         begun = all_pending(index.begin_instances(recs, replace=False))
     assert begun == [pending(rec) for rec in recs]
     assert at_begin == [True]
-    with transactions(engine) as at_commit:
+    with transactions(engine, index) as at_commit:
         committed = index.commit_instances(list(zip(recs, begun, strict=True)))
     assert committed == [None] * len(recs)
     assert at_commit == [True]
@@ -381,7 +395,7 @@ def test_sql_a_begin_batch_with_conflicts_is_still_one_transaction(
     existing = record(STUDY_A, A1, 1)
     index.commit_instance(existing, index.begin_instance(existing, replace=False))
     batch = [record(STUDY_A, A1, 2), again(existing), record(STUDY_B, B1, 1)]
-    with transactions(engine) as begun_tx:
+    with transactions(engine, index) as begun_tx:
         begun = index.begin_instances(batch, replace=False)
     assert kinds(begun) == ["PendingInstance", "Conflict", "PendingInstance"]
     assert begun_tx == [True]
@@ -489,3 +503,42 @@ def test_sql_two_begin_batches_of_the_same_instances_in_opposite_orders_both_ans
         for results in got:
             assert isinstance(results, list)
             assert kinds(results) == ["PendingInstance"] * len(shared)
+
+
+def test_sql_a_store_transaction_that_fails_on_the_database_is_undone_and_its_connection_dropped(
+    sql_engine: tuple[Engine, SqlMetadataIndex],
+) -> None:
+    """The store path runs on pooled DB-API connections of its own: a database error inside its
+    transaction rolls back what the transaction wrote, answers Unavailable, and the connection
+    is not handed out again (the pool makes a new one); the index works on."""
+    engine, index = sql_engine
+    invalidated: list[object] = []
+    event.listen(engine.pool, "invalidate", lambda dbapi_conn, _rec, _exc: invalidated.append(dbapi_conn))
+    rec = record(STUDY_A, A1, 1)
+    with pytest.raises(Unavailable), index._store_tx() as cur:
+        index._begin(cur, rec, False, index_now())
+        if engine.dialect.name == "sqlite":
+            cur.execute("SELECT * FROM no_such_table")  # sqlite3.OperationalError
+        else:  # psycopg's QueryCanceled is an OperationalError
+            cur.execute("SET LOCAL statement_timeout = 1")
+            cur.execute("SELECT pg_sleep(1)")
+    assert len(invalidated) == 1
+    assert index.find_instances(STUDY_A) == []
+    again = index.begin_instance(rec, replace=False)  # the pending row did not survive either
+    index.commit_instance(rec, again)
+    assert [found.uids for found in index.find_instances(STUDY_A)] == [rec.uids]
+
+
+def test_sql_an_error_raised_inside_a_store_transaction_undoes_it_and_keeps_the_connection(
+    sql_engine: tuple[Engine, SqlMetadataIndex],
+) -> None:
+    engine, index = sql_engine
+    invalidated: list[object] = []
+    event.listen(engine.pool, "invalidate", lambda dbapi_conn, _rec, _exc: invalidated.append(dbapi_conn))
+    rec = record(STUDY_A, A1, 1)
+    with pytest.raises(Conflict), index._store_tx() as cur:
+        index._begin(cur, rec, False, index_now())
+        raise Conflict("decided by the caller after writing")
+    assert invalidated == []
+    begun = index.begin_instance(rec, replace=False)
+    assert begun == pending(rec)
