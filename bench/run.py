@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import secrets
+import shutil
 import sys
 import time
 import traceback
@@ -102,11 +103,20 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def bench_server(name: str, corpus: Corpus, scenarios: list[str], keep: bool) -> dict[str, Any]:
-    """Start one server fresh, run the scenarios, stop it; never raises for a server's failure."""
-    server = SERVER_TYPES[name](keep=keep)
+def bench_server(name: str, corpus: Corpus, scenarios: list[str], stores: list[Path]) -> dict[str, Any]:
+    """Start one server fresh, run the scenarios, stop it; never raises for a server's failure.
+
+    Its store is left in place and added to `stores`, for `main` to delete once every server has
+    run: deleting thousands of files just before the next server starts slows that server's own
+    file creation on ext4 (its inode allocator skips recently deleted inodes for a while), more so
+    the more files it writes. Writes still in the page cache (the generated data, the previous
+    server's store) are flushed before the server starts, so that their writeback is not measured.
+    """
+    server = SERVER_TYPES[name](keep=True)
+    stores.append(server.workdir)
     result: dict[str, Any] = {"metrics": {}, "errors": []}
     try:
+        os.sync()
         log.info("starting %s", name)
         server.start()
     except ServerError as exc:
@@ -164,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     corpus = Corpus(seed, plan, keep=args.keep)
     rounds: list[dict[str, Any]] = []
+    stores: list[Path] = []
     try:
         log.info("generating data (seed %s) in %s", seed, corpus.root)
         corpus.prepare(args.only)
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rounds > 1:
                 log.info("round %d/%d: %s", index + 1, args.rounds, ", then ".join(order))
             round_started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            results = {name: bench_server(name, corpus, args.only, args.keep) for name in order}
+            results = {name: bench_server(name, corpus, args.only, stores) for name in order}
             rounds.append(
                 {
                     "round": index + 1,
@@ -183,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         corpus.close()
+        if not args.keep:
+            for store in stores:
+                shutil.rmtree(store, ignore_errors=True)
 
     per_round: list[dict[str, dict[str, Metric]]] = [
         {n: r.pop("metrics") for n, r in rnd["servers"].items()} for rnd in rounds

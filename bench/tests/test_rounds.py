@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,28 @@ class FakeServers:
     """Stands in for `bench_server`: records the calls; each call's metrics come from `values`."""
 
     def __init__(
-        self, values: dict[str, list[dict[str, Metric]]], errors: dict[str, list[list[str]]]
+        self,
+        values: dict[str, list[dict[str, Metric]]],
+        errors: dict[str, list[list[str]]],
+        store_root: Path | None = None,
     ) -> None:
         self.values = values
         self.errors = errors
         self.calls: list[str] = []
+        self.store_root = store_root
+        self.stores: list[Path] = []
+        self.existing_at_call: list[list[Path]] = []  # the stores on disk as each server starts
 
-    def __call__(self, name: str, corpus: Any, scenarios: list[str], keep: bool) -> dict[str, Any]:
+    def __call__(self, name: str, corpus: Any, scenarios: list[str], stores: list[Path]) -> dict[str, Any]:
         k = sum(1 for c in self.calls if c == name)
         self.calls.append(name)
+        if self.store_root is not None:  # as bench_server does: a store left for main to delete
+            self.existing_at_call.append([p for p in self.stores if p.exists()])
+            store = self.store_root / f"{name}-{k}"
+            (store / "data").mkdir(parents=True)
+            (store / "data" / "instance.dcm").write_bytes(b"x")
+            self.stores.append(store)
+            stores.append(store)
         return {
             "metrics": dict(self.values[name][k]),
             "errors": list(self.errors.get(name, [[]] * (k + 1))[k]),
@@ -290,3 +304,47 @@ def test_an_error_or_a_failure_in_any_round_is_reported_and_exits_1(
 def test_rounds_must_be_positive() -> None:
     with pytest.raises(SystemExit):
         run.parse_args(["--rounds", "0"])
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_servers_stores_are_deleted_once_every_server_has_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, keep: bool
+) -> None:
+    """No server starts right after another's store was deleted (a mass delete slows the next
+    server's file creation); they all go at the end, unless --keep."""
+    results, stores = tmp_path / "results", tmp_path / "stores"
+    fake = FakeServers(
+        {"ours": [{"s": _stow(1.0)}] * 2, "orthanc": [{"s": _stow(1.0)}] * 2}, {}, store_root=stores
+    )
+    extra = ["--rounds", "2", *(["--keep"] if keep else [])]
+    code, _doc, _err = _run(monkeypatch, capsys, results, fake, *extra)
+    assert code == 0
+    assert [len(existing) for existing in fake.existing_at_call] == [0, 1, 2, 3]
+    assert [store.exists() for store in fake.stores] == [keep] * 4
+
+
+def test_bench_server_leaves_its_store_for_later_and_flushes_writes_before_starting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench.servers import ServerError, ServerProcess
+
+    events: list[str] = []
+
+    class NotStarting(ServerProcess):
+        name = "fake"
+
+        def start(self) -> None:
+            events.append("start")
+            raise ServerError("does not start here")
+
+    monkeypatch.setitem(run.SERVER_TYPES, "fake", NotStarting)
+    monkeypatch.setattr(run.os, "sync", lambda: events.append("sync"))
+    stores: list[Path] = []
+    result = run.bench_server("fake", FakeCorpus(0, None), ["stow"], stores)
+    try:
+        assert result["errors"] == ["does not start here"]
+        assert events == ["sync", "start"]
+        assert len(stores) == 1 and stores[0].is_dir()  # stopped, not deleted
+    finally:
+        for store in stores:
+            shutil.rmtree(store, ignore_errors=True)
