@@ -505,6 +505,13 @@ def test_sql_two_begin_batches_of_the_same_instances_in_opposite_orders_both_ans
             assert kinds(results) == ["PendingInstance"] * len(shared)
 
 
+def invalidations(engine: Engine) -> list[object]:
+    """The DB-API connections the engine's pool drops from now on (it will not hand them out again)."""
+    dropped: list[object] = []
+    event.listen(engine.pool, "invalidate", lambda dbapi_conn, _rec, _exc: dropped.append(dbapi_conn))
+    return dropped
+
+
 def test_sql_a_store_transaction_that_fails_on_the_database_is_undone_and_its_connection_dropped(
     sql_engine: tuple[Engine, SqlMetadataIndex],
 ) -> None:
@@ -512,8 +519,7 @@ def test_sql_a_store_transaction_that_fails_on_the_database_is_undone_and_its_co
     transaction rolls back what the transaction wrote, answers Unavailable, and the connection
     is not handed out again (the pool makes a new one); the index works on."""
     engine, index = sql_engine
-    invalidated: list[object] = []
-    event.listen(engine.pool, "invalidate", lambda dbapi_conn, _rec, _exc: invalidated.append(dbapi_conn))
+    invalidated = invalidations(engine)
     rec = record(STUDY_A, A1, 1)
     with pytest.raises(Unavailable), index._store_tx() as cur:
         index._begin(cur, rec, False, index_now())
@@ -533,8 +539,7 @@ def test_sql_an_error_raised_inside_a_store_transaction_undoes_it_and_keeps_the_
     sql_engine: tuple[Engine, SqlMetadataIndex],
 ) -> None:
     engine, index = sql_engine
-    invalidated: list[object] = []
-    event.listen(engine.pool, "invalidate", lambda dbapi_conn, _rec, _exc: invalidated.append(dbapi_conn))
+    invalidated = invalidations(engine)
     rec = record(STUDY_A, A1, 1)
     with pytest.raises(Conflict), index._store_tx() as cur:
         index._begin(cur, rec, False, index_now())
