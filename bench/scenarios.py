@@ -26,7 +26,7 @@ from bench.load import (
     stow_body,
     throughput_summary,
 )
-from bench.memory import RssSampler
+from bench.memory import RssSampler, tree_cpu_seconds
 from bench.servers import ServerProcess
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,25 @@ def run_stow(session: Session) -> None:
         warm = session.corpus.stow_warmup_set(batch, clients)
         ct = session.corpus.stow_set(batch, clients)
         _store_ct(session, warm, batch, clients)  # warm-up, excluded
+        cpu_before = tree_cpu_seconds(session.server.pid)
         summary = _store_ct(session, ct, batch, clients)
+        cpu = tree_cpu_seconds(session.server.pid) - cpu_before
+        # The server's CPU per instance: what throughput comes down to once the cores are busy,
+        # and far steadier from one run to the next than the throughput of a phase of a second.
+        units = summary["units"]
+        summary["server_cpu_ms_per_instance"] = round(cpu * 1000 / units, 3) if units and cpu > 0 else None
         session.stored_ct.append(ct)
         session.details[f"stow.{tag}"] = summary
         name = f"stow.ct.batch{batch}.clients{clients}"
         session.record(f"{name}.instances_per_s", summary["units_per_s"], "instances/s", "higher", summary)
         session.record(f"{name}.mb_per_s", summary["mb_per_s"], "MB/s", "higher", summary)
+        session.record(
+            f"{name}.server_cpu_ms_per_instance",
+            summary["server_cpu_ms_per_instance"],
+            "ms",
+            "lower",
+            summary,
+        )
         log.info(
             "%s stow %s: %s inst/s, %s MB/s",
             session.server.name,
