@@ -3,9 +3,9 @@
 SQLAlchemy's execution of a statement (cached-compile lookup, parameter construction, result and
 event set-up) costs several times what SQLite spends running one of these small statements, and a
 store runs half a dozen per instance. Here a statement is compiled once for the engine's dialect
-and executed on the cursor of a connection that SQLAlchemy still manages (pool, transaction,
-events), its values bound through the same type processors SQLAlchemy would use, so the rows
-written are the same. DB-API errors are not wrapped: `DbErrors` says which are which.
+and executed on a DB-API cursor (the index's store path takes a connection from SQLAlchemy's pool
+and runs its own transaction on it), its values bound through the same type processors SQLAlchemy
+would use, so the rows written are the same. DB-API errors are not wrapped: `DbErrors` says which are which.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Dialect
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import Insert
 
@@ -81,11 +81,6 @@ class RawStatement:
         """Rows with the same keys (the first row's)."""
         compiled = self._for(rows[0])
         cursor.executemany(compiled.sql, [compiled.values(row) for row in rows])
-
-
-def cursor_of(conn: Connection) -> Any:
-    """A DB-API cursor on the connection (inside its SQLAlchemy transaction)."""
-    return conn.connection.cursor()
 
 
 class DbErrors:

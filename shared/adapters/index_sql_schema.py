@@ -207,7 +207,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     # Writers take the write lock up front, so two writers never deadlock upgrading a read lock.
     # Straight on the driver's connection: SQLAlchemy's execution of a fixed statement costs more
-    # than SQLite's BEGIN itself, twice per store.
+    # than SQLite's BEGIN itself. (The store path begins its own transactions the same way.)
     mode = "IMMEDIATE" if conn.get_execution_options().get("write") else "DEFERRED"
     conn.connection.driver_connection.execute(f"BEGIN {mode}")
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import bindparam, update
 
-from shared.adapters.index_sql_raw import RawStatement, cursor_of
+from shared.adapters.index_sql_raw import RawStatement
 from shared.adapters.index_sql_schema import changes, instances, make_engine
 
 NOW = datetime(2026, 12, 5, 22, 41, 7, 123456, tzinfo=UTC)
@@ -65,7 +65,7 @@ def test_an_insert_writes_the_same_row_as_sqlalchemy(tmp_path: Path, table: Any,
             if way == "core":
                 conn.execute(table.insert(), row)
             else:
-                RawStatement(table.insert(), engine.dialect).run(cursor_of(conn), row)
+                RawStatement(table.insert(), engine.dialect).run(conn.connection.cursor(), row)
         engine.dispose()
         written.append(dump(path, table.name))
     assert written[0] == written[1]
@@ -82,7 +82,7 @@ def test_literal_values_of_the_statement_are_bound_and_a_missing_value_is_an_err
     raw = RawStatement(stmt, engine.dialect)
     with engine.connect() as conn, conn.begin():
         conn.execute(instances.insert(), {**ROW, "pending_version": "p"})
-        cursor = cursor_of(conn)
+        cursor = conn.connection.cursor()
         assert raw.run(cursor, {"w_sop": ROW["sop_instance_uid"], "version": "new"}).rowcount == 1
         with pytest.raises(KeyError, match="w_sop"):
             raw.run(cursor, {"version": "new"})
