@@ -286,9 +286,9 @@ class InstanceStore:
         if down is not None:
             # The index is down: nothing of this batch is stored, and the request is answered 503
             # (a retry later succeeds) rather than each instance being failed one by one.
-            for result in begun:
+            for (_, prepared), result in zip(batch, begun, strict=True):
                 if isinstance(result, PendingInstance):
-                    self._undo(_Begun(batch[0][1], result, []))
+                    self._undo(_Begun(prepared, result, []))
             raise down
         written: list[tuple[int, _Begun]] = []
         for (position, prepared), pending in zip(batch, begun, strict=True):
