@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -22,6 +21,7 @@ from pydicom.uid import UID
 from shared.core.dicomjson import dataset_to_json, dumps, pixel_data_json
 from shared.core.errors import Conflict, Unavailable
 from shared.core.frames import FrameIndex, PixelDataError, index_frames
+from shared.core.header import read_header
 from shared.core.layout import instance_blobs, new_version
 from shared.core.levels import split_levels
 from shared.core.model import (
@@ -66,8 +66,8 @@ def _text(value: object) -> str:
 def _read_header(fp: BinaryIO) -> tuple[Dataset, int]:
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True)
-        position = fp.tell()  # at the Pixel Data element (or the end): where frame indexing resumes
+        # At the Pixel Data element (or the end): where frame indexing resumes.
+        ds, position = read_header(fp)
     except InvalidDicomError:
         raise _Rejected(
             FailureReason.CANNOT_UNDERSTAND,
