@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from shared.core.dicomjson import dataset_to_json, dumps, pixel_data_json
@@ -37,12 +39,17 @@ from shared.core.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
+_SOP_CLASS = BaseTag(0x00080016)
+_SOP_INSTANCE = BaseTag(0x00080018)
 _REQUIRED_UIDS = (
-    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
-    ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
-    ("SOPInstanceUID", "SOP Instance UID (0008,0018)"),
-    ("SOPClassUID", "SOP Class UID (0008,0016)"),
+    (BaseTag(0x0020000D), "StudyInstanceUID", "Study Instance UID (0020,000D)"),
+    (BaseTag(0x0020000E), "SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    (_SOP_INSTANCE, "SOPInstanceUID", "SOP Instance UID (0008,0018)"),
+    (_SOP_CLASS, "SOPClassUID", "SOP Class UID (0008,0016)"),
 )
+_TRANSFER_SYNTAX = BaseTag(0x00020010)
+_MEDIA_SOP_INSTANCE = BaseTag(0x00020003)
+_UI_VRS = frozenset({"UI", None})  # None: implicit VR, where these tags are UI
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +86,21 @@ def _read_header(fp: BinaryIO) -> tuple[Dataset, int]:
     return ds, position
 
 
+def _uid_text(ds: Dataset, tag: BaseTag, keyword: str) -> str:
+    """`_text(ds.get(keyword))` for a UID attribute; straight from the bytes read where pydicom's
+    conversion of them is certain (a single UI value: latin-1, trailing NULs and spaces dropped),
+    which spares a conversion through `Dataset.__getattr__` for each of the six UIDs checked."""
+    raw = ds._dict.get(tag)
+    if type(raw) is RawDataElement and raw.VR in _UI_VRS and type(raw.value) is bytes:
+        text = raw.value.decode("latin-1").rstrip("\0 ")
+        if "\\" not in text:
+            return text.strip()
+    return _text(ds.get(keyword))
+
+
 def _validate(ds: Dataset, expected_study: str | None) -> tuple[InstanceUids, str, str]:
     meta = getattr(ds, "file_meta", None)
-    transfer_syntax = _text(meta.get("TransferSyntaxUID") if meta is not None else None)
+    transfer_syntax = _uid_text(meta, _TRANSFER_SYNTAX, "TransferSyntaxUID") if meta is not None else ""
     if not transfer_syntax:
         raise _Rejected(
             FailureReason.CANNOT_UNDERSTAND, "file meta information lacks Transfer Syntax UID (0002,0010)"
@@ -89,9 +108,9 @@ def _validate(ds: Dataset, expected_study: str | None) -> tuple[InstanceUids, st
     if not is_valid_uid(transfer_syntax):
         raise _Rejected(FailureReason.CANNOT_UNDERSTAND, "Transfer Syntax UID (0002,0010) is not a valid UID")
     values: dict[str, str] = {}
-    for keyword, label in _REQUIRED_UIDS:
+    for tag, keyword, label in _REQUIRED_UIDS:
         try:
-            value = _text(ds.get(keyword))
+            value = _uid_text(ds, tag, keyword)
         except Exception:
             value = ""
         if not value:
@@ -99,7 +118,7 @@ def _validate(ds: Dataset, expected_study: str | None) -> tuple[InstanceUids, st
         if not is_valid_uid(value):
             raise _Rejected(FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{label} is not a valid UID")
         values[keyword] = value
-    media_sop = _text(meta.get("MediaStorageSOPInstanceUID")) if meta is not None else ""
+    media_sop = _uid_text(meta, _MEDIA_SOP_INSTANCE, "MediaStorageSOPInstanceUID") if meta is not None else ""
     if media_sop and media_sop != values["SOPInstanceUID"]:
         raise _Rejected(
             FailureReason.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -221,8 +240,8 @@ class InstanceStore:
         """Parse and validate one instance: what its store writes, or the outcome that refuses it."""
         try:
             ds, position = _read_header(fp)
-            sop_class = _text(ds.get("SOPClassUID")) or None
-            sop_instance = _text(ds.get("SOPInstanceUID")) or None
+            sop_class = _uid_text(ds, _SOP_CLASS, "SOPClassUID") or None
+            sop_instance = _uid_text(ds, _SOP_INSTANCE, "SOPInstanceUID") or None
         except _Rejected as rejected:
             return StoreOutcome(StoreStatus.FAILED, reason=rejected.reason, message=rejected.message)
         except Exception:

@@ -24,7 +24,7 @@ from shared.core import header
 from shared.core.header import read_header
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SAMPLES = sorted(p for p in DATA.rglob("*") if p.is_file() and p.suffix in {".dcm", ""} and p.name != "README")
+SAMPLES = sorted(p for p in DATA.rglob("*.dcm") if p.is_file())
 
 # Files pydicom reads in a way the fast reader leaves to it.
 DECLINED = {

@@ -235,3 +235,34 @@ def test_an_instance_stored_in_the_first_layout_is_read_replaced_and_deleted_aft
     assert len(names) == 2 and not any("0123456789abcdef" in n for n in names), "the old version is gone"
     service.delete(outcome.study_uid)  # type: ignore[arg-type]
     assert _files(blobs) == []
+
+
+@pytest.mark.parametrize(
+    ("vr", "value"),
+    [
+        ("UI", b"1.2.840.10008.5.1.4.1.1.2\x00"),
+        ("UI", b"1.2.3 "),
+        ("UI", b" 1.2.3"),
+        ("UI", b"1.2.3\x00 \t"),
+        ("UI", b"1.2.3\\1.2.4"),  # two values: pydicom's MultiValue, as text
+        ("UI", b""),
+        ("UI", b"1.2.\xe93"),  # not ASCII: latin-1, as pydicom decodes it
+        (None, b"1.2.3\x00"),  # implicit VR
+        ("LO", b"1.2.3 "),  # a wrong VR: pydicom converts it as LO
+    ],
+)
+def test_uids_read_from_the_bytes_are_what_pydicom_converts(vr: str | None, value: bytes) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+    from shared.core.store import _text, _uid_text
+
+    tag = BaseTag(0x0020000D)
+
+    def dataset() -> Dataset:
+        ds = Dataset({tag: RawDataElement(tag, vr, len(value), value, 0, vr is None, True)})
+        ds.set_original_encoding(vr is None, True, "iso8859")
+        return ds
+
+    assert _uid_text(dataset(), tag, "StudyInstanceUID") == _text(dataset().get("StudyInstanceUID"))
