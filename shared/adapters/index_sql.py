@@ -102,6 +102,27 @@ _UPDATE_SAME_NAMES = (
     .values(_set(*_STUDY_COLUMNS, "updated_at"))
     .returning(studies.c.id)
 )
+# Usual above all: the study's indexed columns are what they were, so only its other columns are
+# set. SQLite rewrites the entries of every index with a column in SET, equal values or not: the
+# UPDATE above dirties the studies table and its five indexes, this one the table alone.
+_STUDY_KEYS = ("patient_id", "accession_number", "study_date")  # indexed (the names: above)
+_STUDY_UNINDEXED = tuple(
+    name
+    for name in _STUDY_COLUMNS
+    if name not in _STUDY_KEYS and not name.startswith(("patient_name", "referring_physician"))
+)
+_UPDATE_SAME_KEYS = (
+    update(studies)
+    .where(
+        studies.c.partition == bindparam("w_partition"),
+        studies.c.study_uid == bindparam("w_study"),
+        studies.c.patient_name.is_not_distinct_from(bindparam("w_patient_name")),
+        studies.c.referring_physician_name.is_not_distinct_from(bindparam("w_referring_name")),
+        *(studies.c[name].is_not_distinct_from(bindparam(f"w_{name}")) for name in _STUDY_KEYS),
+    )
+    .values(_set(*_STUDY_UNINDEXED, "updated_at"))
+    .returning(studies.c.id)
+)
 _DELETE_WORDS = delete(words).where(words.c.study_pk == bindparam("w_study_pk"))
 _INSERT_WORDS = words.insert()
 
@@ -133,6 +154,7 @@ class _StorePath:
         self.take_over_pending = RawStatement(_TAKE_OVER_PENDING, dialect)
         self.begin_replace = RawStatement(_BEGIN_REPLACE, dialect)
         self.update_same_names = RawStatement(_UPDATE_SAME_NAMES, dialect)
+        self.update_same_keys = RawStatement(_UPDATE_SAME_KEYS, dialect)
         self.insert_study = RawStatement(index._insert_study, dialect)
         self.upsert_study = RawStatement(index._upsert_study, dialect)
         self.upsert_series = RawStatement(index._upsert_series, dialect)
@@ -381,16 +403,17 @@ class SqlMetadataIndex:
         raw = self._raw
         patient, referring = columns["patient_name"], columns["referring_physician_name"]
         values = {**columns, "updated_at": now}
-        row = raw.update_same_names.run(
-            cur,
-            {
-                **values,
-                "w_partition": self._partition,
-                "w_study": study_uid,
-                "w_patient_name": patient,
-                "w_referring_name": referring,
-            },
-        ).fetchone()
+        where = {
+            "w_partition": self._partition,
+            "w_study": study_uid,
+            "w_patient_name": patient,
+            "w_referring_name": referring,
+        }
+        keys = {f"w_{name}": columns[name] for name in _STUDY_KEYS}
+        row = raw.update_same_keys.run(cur, {**values, **where, **keys}).fetchone()
+        if row is not None:
+            return int(row[0])
+        row = raw.update_same_names.run(cur, {**values, **where}).fetchone()
         if row is not None:
             return int(row[0])
         values.update(partition=self._partition, study_uid=study_uid)

@@ -112,3 +112,36 @@ def test_a_renaming_instance_that_does_not_commit_leaves_the_names(index: Metada
     index.abort_instance(index.begin_instance(renamed, replace=False))
     assert fuzzy(index, "PatientName", "jan") == [STUDY]
     assert fuzzy(index, "PatientName", "rich") == []
+
+
+# --- a study's other attributes change ----------------------------------------------------------
+
+
+def _studies(index: MetadataIndex, query_string: str) -> list[str]:
+    return [h.study for h in index.search(query(Level.STUDY, query_string))]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "first", "later"),
+    [
+        ("PatientID", "PID-A", "PID-B"),
+        ("AccessionNumber", "ACC-A", "ACC-B"),
+        ("StudyDate", "20240102", "20240315"),
+        ("StudyDescription", "Head", "Chest"),
+        ("PatientSex", "F", "O"),
+    ],
+)
+def test_a_later_instance_that_changes_a_study_attribute_moves_the_study(
+    index: MetadataIndex, keyword: str, first: str, later: str
+) -> None:
+    store(index, record(**{keyword: first}))
+    store(index, record(**{keyword: first}))  # the same attributes again: found, once
+    assert _studies(index, f"{keyword}={first}") == [STUDY]
+    store(index, record(**{keyword: later}))
+    assert _studies(index, f"{keyword}={first}") == []
+    assert _studies(index, f"{keyword}={later}") == [STUDY]
+    [hit] = index.search(query(Level.STUDY, f"StudyInstanceUID={STUDY}&includefield={keyword}"))
+    assert later in str(hit.attrs)
+    store(index, record(**{keyword: first}))  # and back
+    assert _studies(index, f"{keyword}={later}") == []
+    assert _studies(index, f"{keyword}={first}") == [STUDY]
