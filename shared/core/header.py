@@ -61,6 +61,15 @@ _NOT_READABLE = frozenset(
 )
 
 
+# The layout of pydicom's raw element tuple that `_elements` builds directly. Should a pydicom
+# release change it, every file goes through `dcmread` (and tests/unit/test_header.py says so).
+_RAW_FIELDS = (
+    "tag", "VR", "length", "value", "value_tell",
+    "is_implicit_VR", "is_little_endian", "is_raw", "is_buffered",
+)  # fmt: skip
+FAST_PATH = RawDataElement._fields == _RAW_FIELDS
+
+
 class _Declined(Exception):
     """The file is not the plain case: pydicom reads it."""
 
@@ -71,6 +80,8 @@ def read_header(fp: BinaryIO) -> tuple[Dataset, int]:
     `fp` is seekable and holds the file from its start. Raises what `dcmread` raises."""
     fp.seek(0)
     try:
+        if not FAST_PATH:
+            raise _Declined
         ds, position = _Reader(fp).read()
     except Exception:  # _Declined, or a sequence pydicom's reader may take differently as a whole
         fp.seek(0)

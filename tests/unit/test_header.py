@@ -90,6 +90,11 @@ def test_the_samples_are_there() -> None:
     assert len(SAMPLES) > 60
 
 
+def test_the_fast_path_is_on_with_this_pydicom() -> None:
+    # Off when pydicom's RawDataElement changes its fields: then every file goes through dcmread.
+    assert header.FAST_PATH, "pydicom's RawDataElement changed: review shared/core/header.py"
+
+
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.relative_to(DATA).as_posix())
 def test_every_sample_reads_as_pydicom_reads_it(path: Path) -> None:
     _compare(path.read_bytes())
@@ -185,3 +190,17 @@ def test_a_command_set_after_the_file_meta_goes_to_pydicom() -> None:
 def test_no_preamble_is_pydicoms_error() -> None:
     with pytest.raises(pydicom.errors.InvalidDicomError):
         read_header(io.BytesIO(b"not dicom at all" * 20))
+
+
+def test_with_the_fast_path_off_every_file_goes_to_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(header, "FAST_PATH", False)
+    calls: list[object] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return pydicom.dcmread(*args, **kwargs)
+
+    monkeypatch.setattr(header, "dcmread", counting)
+    data = (DATA / "ct" / "CT_small.dcm").read_bytes()
+    _compare(data)
+    assert len(calls) == 1
