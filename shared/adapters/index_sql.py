@@ -91,14 +91,15 @@ _ABORT_REPLACE = (
     .values(pending_version=None)
 )
 # The usual commit, into a study that exists with the same names (so the same words): one UPDATE.
+_SAME_STUDY_NAMES = (
+    studies.c.partition == bindparam("w_partition"),
+    studies.c.study_uid == bindparam("w_study"),
+    studies.c.patient_name.is_not_distinct_from(bindparam("w_patient_name")),
+    studies.c.referring_physician_name.is_not_distinct_from(bindparam("w_referring_name")),
+)
 _UPDATE_SAME_NAMES = (
     update(studies)
-    .where(
-        studies.c.partition == bindparam("w_partition"),
-        studies.c.study_uid == bindparam("w_study"),
-        studies.c.patient_name.is_not_distinct_from(bindparam("w_patient_name")),
-        studies.c.referring_physician_name.is_not_distinct_from(bindparam("w_referring_name")),
-    )
+    .where(*_SAME_STUDY_NAMES)
     .values(_set(*_STUDY_COLUMNS, "updated_at"))
     .returning(studies.c.id)
 )
@@ -114,10 +115,7 @@ _STUDY_UNINDEXED = tuple(
 _UPDATE_SAME_KEYS = (
     update(studies)
     .where(
-        studies.c.partition == bindparam("w_partition"),
-        studies.c.study_uid == bindparam("w_study"),
-        studies.c.patient_name.is_not_distinct_from(bindparam("w_patient_name")),
-        studies.c.referring_physician_name.is_not_distinct_from(bindparam("w_referring_name")),
+        *_SAME_STUDY_NAMES,
         *(studies.c[name].is_not_distinct_from(bindparam(f"w_{name}")) for name in _STUDY_KEYS),
     )
     .values(_set(*_STUDY_UNINDEXED, "updated_at"))
