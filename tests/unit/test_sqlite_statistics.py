@@ -94,3 +94,24 @@ def test_a_search_by_accession_number_uses_its_index(tmp_path: Path) -> None:
     assert len(hits) == 1
     assert any("ix_studies_accession" in step for step in plans), plans
     assert not any("ix_studies_date" in step for step in plans), plans
+
+
+def test_the_change_feed_is_read_from_its_offset_not_from_the_start(tmp_path: Path) -> None:
+    """Without statistics, reading after an offset, the latest change and the highest sequence all
+    walked every change of the partition (ix_changes_time) and sorted them: 20 to 52 ms at 200,000
+    changes, against 0.01 to 0.03 ms with them."""
+    from shared.core.changefeed import ChangeFeedQuery
+
+    index = SqlMetadataIndex(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    plans: list[str] = []
+
+    @event.listens_for(index._engine, "before_cursor_execute")
+    def explain(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "FROM changes" in statement:
+            plan = conn.connection.driver_connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.extend(row[3] for row in plan)
+
+    index.read_changes(ChangeFeedQuery(offset=10, limit=10))
+    index.latest_change()
+    assert plans
+    assert not any("ix_changes_time" in step or "TEMP B-TREE" in step for step in plans), plans
