@@ -46,7 +46,7 @@ _CHARSET = 0x00080005
 _GROUP_LENGTH = 0x00020000
 _UNDEFINED = 0xFFFFFFFF
 # The VRs pydicom reads without guessing, as the str its element generator gives them.
-_VRS: dict[bytes, str] = {vr.encode(default_encoding): vr.encode(default_encoding).decode() for vr in VR}
+_VRS: dict[bytes, str] = {str(vr).encode(default_encoding): str(vr) for vr in VR}
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _EXPLICIT = struct.Struct("<HH2sH")
 _IMPLICIT = struct.Struct("<HHL")

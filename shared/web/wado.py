@@ -12,7 +12,7 @@ from shared.core import transfer_syntax as tsx
 from shared.core.errors import BadRequest
 from shared.core.media import Offer
 from shared.core.model import StoredInstance
-from shared.core.multipart import MultipartWriter
+from shared.core.multipart import MultipartWriter, closing_delimiter, part_header
 from shared.core.render import render_frame
 from shared.core.service import DicomwebService, Frame
 from shared.web.common import JSON_OFFERS, app_for, base_url, guarded, negotiate_request, uids
@@ -24,14 +24,39 @@ OCTET = "application/octet-stream"
 _MAX_FRAMES_PER_REQUEST = 10_000
 
 
+def _part_type(stored: StoredInstance, ts: str) -> str:
+    return f"{DICOM}; transfer-syntax={stored.transfer_syntax if ts == '*' else ts}"
+
+
 def _multipart_instances(
     service: DicomwebService, found: Sequence[StoredInstance], ts: str, writer: MultipartWriter
 ) -> Iterator[bytes]:
     for stored in found:
-        actual = stored.transfer_syntax if ts == "*" else ts
-        yield writer.start_part(f"{DICOM}; transfer-syntax={actual}")
+        yield writer.start_part(_part_type(stored, ts))
         yield from service.instance_bytes(stored, ts)
     yield writer.end()
+
+
+def _as_stored(found: Sequence[StoredInstance], ts: str) -> bool:
+    """Whether every instance is sent as its stored bytes (so its size is known before it is read)."""
+    return ts == "*" or all(stored.transfer_syntax == ts for stored in found)
+
+
+def _multipart_length(found: Sequence[StoredInstance], ts: str, boundary: str) -> int:
+    """The length of the body `_multipart_instances` writes when every instance goes as stored.
+
+    Sent as Content-Length: the body then goes without chunked framing, which cost the server a
+    copy of every chunk (the dev host's HTTP server joins each chunk with its framing) and a
+    client the decoding of it, and a client knows how much is coming."""
+    header_lengths: dict[tuple[str, bool], int] = {}
+    total = 0
+    for k, stored in enumerate(found):
+        key = (_part_type(stored, ts), k == 0)
+        length = header_lengths.get(key)
+        if length is None:
+            length = header_lengths[key] = len(part_header(boundary, key[0], first=key[1]))
+        total += length + stored.size
+    return total + len(closing_delimiter(boundary, any_parts=bool(found)))
 
 
 @guarded
@@ -49,13 +74,17 @@ async def retrieve(request: Request) -> Response:
         offers.append(Offer(DICOM, None, syntaxes, default))
     chosen = negotiate_request(request, offers)
     ts = chosen.transfer_syntax or "*"
+    as_stored = _as_stored(found, ts)
     if chosen.offer.media_type == DICOM:
-        return StreamingResponse(prefetched(service.instance_bytes(found[0], ts)), media_type=DICOM)
+        length = {"content-length": str(found[0].size)} if as_stored else {}
+        return StreamingResponse(
+            prefetched(service.instance_bytes(found[0], ts)), media_type=DICOM, headers=length
+        )
     writer = MultipartWriter()
-    return StreamingResponse(
-        prefetched(_multipart_instances(service, found, ts, writer)),
-        headers={"content-type": writer.content_type(DICOM, None if ts == "*" else ts)},
-    )
+    headers = {"content-type": writer.content_type(DICOM, None if ts == "*" else ts)}
+    if as_stored:
+        headers["content-length"] = str(_multipart_length(found, ts, writer.boundary))
+    return StreamingResponse(prefetched(_multipart_instances(service, found, ts, writer)), headers=headers)
 
 
 def parse_frame_list(text: str) -> list[int]:

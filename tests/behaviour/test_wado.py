@@ -176,3 +176,44 @@ def test_malformed_uid_in_path_is_400(server: Server, template: str, bad: str) -
     path = template.format(bad=bad, study=generate_uid(), series=generate_uid())
     response = server.get(path, "*/*")
     assert response.status_code == 400, response.text
+
+
+def _length(response: object) -> int | None:
+    headers = response.headers  # type: ignore[attr-defined]
+    return int(headers["content-length"]) if "content-length" in headers else None
+
+
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+def test_stored_bytes_are_sent_with_their_length(server: Server, study: list[Instance], level: str) -> None:
+    first = study[0]
+    path = {
+        "study": f"/studies/{first.study}",
+        "series": f"/studies/{first.study}/series/{first.series}",
+        "instance": first.path,
+    }[level]
+    response = server.get(path, AS_STORED)
+    assert response.status_code == 200
+    assert _length(response) == len(response.content)  # the whole body, framing included
+    assert "transfer-encoding" not in response.headers
+    parts = parse_multipart(response.headers["content-type"], response.content)
+    assert len(parts) == {"study": 3, "series": 2, "instance": 1}[level]
+    single = server.get(first.path, f"{DICOM}; transfer-syntax=*")
+    assert _length(single) == len(first.data) and single.content == first.data
+
+
+def test_a_study_asked_in_its_one_stored_syntax_is_sent_with_its_length(server: Server) -> None:
+    native = fresh("ct/CT_small.dcm")
+    server.stored(native)
+    response = server.get(native.path, f'multipart/related; type="{DICOM}"; transfer-syntax={EXPLICIT_LE}')
+    assert response.status_code == 200
+    assert _length(response) == len(response.content)
+
+
+def test_transcoded_instances_are_sent_without_a_length(server: Server) -> None:
+    instance = fresh("nm_sc/JPEG-LL.dcm")
+    server.stored(instance)
+    response = server.get(instance.path, f'multipart/related; type="{DICOM}"')  # decompressed
+    assert response.status_code == 200
+    assert _length(response) is None  # its size is known only once it is transcoded
+    (part,) = parse_multipart(response.headers["content-type"], response.content)
+    assert part.transfer_syntax() == EXPLICIT_LE
