@@ -37,6 +37,19 @@ def _indexes(path: Path) -> set[str]:
         return names
 
 
+def _plans_of_selects(index: SqlMetadataIndex, table: str) -> list[str]:
+    """The EXPLAIN QUERY PLAN steps of each SELECT naming `table` ("FROM studies") run from now on."""
+    plans: list[str] = []
+
+    @event.listens_for(index._engine, "before_cursor_execute")
+    def explain(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and table in statement:
+            plan = conn.connection.driver_connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plans.extend(row[3] for row in plan)
+
+    return plans
+
+
 def test_a_new_database_has_statistics_for_every_index(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite3"
     make_engine(f"sqlite:///{path}").dispose()
@@ -82,14 +95,7 @@ def test_a_search_by_accession_number_uses_its_index(tmp_path: Path) -> None:
         source.save_as(out)
         out.seek(0)
         assert store.store_instance(out, len(out.getvalue())).status.name == "STORED"
-    plans: list[str] = []
-
-    @event.listens_for(index._engine, "before_cursor_execute")
-    def explain(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("SELECT") and "FROM studies" in statement:
-            plan = conn.connection.driver_connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            plans.extend(row[3] for row in plan)
-
+    plans = _plans_of_selects(index, "FROM studies")
     hits = index.search(parse_query(Level.STUDY, [("AccessionNumber", "ACC0007"), ("limit", "101")]))
     assert len(hits) == 1
     assert any("ix_studies_accession" in step for step in plans), plans
@@ -103,14 +109,7 @@ def test_the_change_feed_is_read_from_its_offset_not_from_the_start(tmp_path: Pa
     from shared.core.changefeed import ChangeFeedQuery
 
     index = SqlMetadataIndex(f"sqlite:///{tmp_path / 'index.sqlite3'}")
-    plans: list[str] = []
-
-    @event.listens_for(index._engine, "before_cursor_execute")
-    def explain(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if statement.lstrip().upper().startswith("SELECT") and "FROM changes" in statement:
-            plan = conn.connection.driver_connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            plans.extend(row[3] for row in plan)
-
+    plans = _plans_of_selects(index, "FROM changes")
     index.read_changes(ChangeFeedQuery(offset=10, limit=10))
     index.latest_change()
     assert plans
