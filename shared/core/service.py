@@ -84,10 +84,15 @@ class DicomwebService:
         return found
 
     # --- WADO-RS: instances ------------------------------------------------------------------
+    @staticmethod
+    def as_stored(stored: StoredInstance, transfer_syntax: str) -> bool:
+        """Whether `instance_bytes` gives the stored bytes (`stored.size` of them) for this syntax."""
+        return transfer_syntax in ("*", stored.transfer_syntax)
+
     def instance_bytes(self, stored: StoredInstance, transfer_syntax: str) -> Iterator[bytes]:
         """The instance as stored, or transcoded to `transfer_syntax` (explicit VR little endian)."""
         key = self.blobs_of(stored).instance
-        if transfer_syntax in ("*", stored.transfer_syntax):
+        if self.as_stored(stored, transfer_syntax):
             with self.blobs.open(key) as fp:
                 while chunk := fp.read(CHUNK):
                     yield chunk

@@ -37,11 +37,6 @@ def _multipart_instances(
     yield writer.end()
 
 
-def _as_stored(found: Sequence[StoredInstance], ts: str) -> bool:
-    """Whether every instance is sent as its stored bytes (so its size is known before it is read)."""
-    return ts == "*" or all(stored.transfer_syntax == ts for stored in found)
-
-
 def _multipart_length(found: Sequence[StoredInstance], ts: str, boundary: str) -> int:
     """The length of the body `_multipart_instances` writes when every instance goes as stored.
 
@@ -74,7 +69,7 @@ async def retrieve(request: Request) -> Response:
         offers.append(Offer(DICOM, None, syntaxes, default))
     chosen = negotiate_request(request, offers)
     ts = chosen.transfer_syntax or "*"
-    as_stored = _as_stored(found, ts)
+    as_stored = all(service.as_stored(stored, ts) for stored in found)  # sizes known before reading
     if chosen.offer.media_type == DICOM:
         length = {"content-length": str(found[0].size)} if as_stored else {}
         return StreamingResponse(
