@@ -98,10 +98,13 @@ class _Reader:
         self._eof = len(self._data) < _FIRST_READ
 
     def _have(self, end: int) -> bool:
-        """Whether the file's first `end` bytes are in memory (reading more if need be)."""
+        """Whether the file's first `end` bytes are in memory (reading more if need be). Never
+        past `_MAX_HEADER`: a header element claiming gigabytes is left to pydicom unread."""
         data = self._data
+        if end > _MAX_HEADER:
+            return len(data) >= end
         while len(data) < end:
-            if self._eof or len(data) >= _MAX_HEADER:
+            if self._eof:
                 return False
             self._fp.seek(len(data))
             more = self._fp.read(max(len(data), end - len(data)))

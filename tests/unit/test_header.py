@@ -204,3 +204,25 @@ def test_with_the_fast_path_off_every_file_goes_to_pydicom(monkeypatch: pytest.M
     data = (DATA / "ct" / "CT_small.dcm").read_bytes()
     _compare(data)
     assert len(calls) == 1
+
+
+def test_an_element_claiming_gigabytes_is_not_read_by_the_fast_reader() -> None:
+    data = bytearray((DATA / "ct" / "CT_small.dcm").read_bytes())
+    ds, _ = _pydicom(bytes(data))
+    # The data set's first element with a 4-byte length (explicit VR: 12-byte header) now claims 3 GB.
+    first_long = next(e for e in ds._dict.values() if e.VR in ("OB", "UN", "UT", "SQ", "OW"))
+    header_at = first_long.value_tell - 12
+    struct.pack_into("<L", data, header_at + 8, 3 * 1024**3)
+
+    class Counting(io.BytesIO):
+        read_bytes = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            Counting.read_bytes += len(chunk)
+            return chunk
+
+    padded = bytes(data) + b"\0" * (12 * 1024 * 1024)  # a big file behind the broken element
+    with pytest.raises(header._Declined):
+        header._Reader(Counting(padded)).read()
+    assert Counting.read_bytes <= 2 * header._MAX_HEADER
