@@ -1,15 +1,16 @@
 """glibc's malloc thresholds for the dev host's processes.
 
 A STOW-RS body reaches the app in chunks of 64 to 256 KiB, and each chunk is copied a few times on
-its way to an instance's spool: by the HTTP server, the multipart reader, the spool's join. glibc
-serves an allocation at or above its mmap threshold (128 KiB at start, raised only as such blocks
-are freed) with pages fresh from mmap, which the kernel faults in and zeroes one by one, and unmaps
-them at free. Below the threshold, the block comes from a heap and its pages are reused.
+its way to an instance's spool: by the HTTP server, the multipart reader, the spool's join. A
+WADO-RS retrieval reads the stored files in chunks of 1 MiB. glibc serves an allocation at or above
+its mmap threshold (128 KiB at start, raised only as such blocks are freed) with pages fresh from
+mmap, which the kernel faults in and zeroes one by one, and unmaps them at free. Below the
+threshold, the block comes from a heap and its pages are reused.
 
-With a fixed threshold of 1 MiB those chunks come from the heap; a block bigger than that (a whole
-spooled instance of a few MB, a large metadata document) still has a mapping of its own, returned
-at free. The trim threshold is how much free memory at the top of a heap stays with the process
-rather than going back to the kernel at each free: 8 MiB.
+With a fixed threshold of 4 MiB those chunks come from the heap; a block bigger than that (a large
+spooled instance, a large metadata document) still has a mapping of its own, returned at free. The
+trim threshold is how much free memory at the top of a heap stays with the process rather than
+going back to the kernel at each free: 16 MiB.
 
 Nothing is changed when MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set (glibc reads them
 itself at start), or when DEVHOST_MALLOC is `default`, or where the C library is not glibc. Called
@@ -26,8 +27,8 @@ from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
-MMAP_THRESHOLD = 1024 * 1024
-TRIM_THRESHOLD = 8 * 1024 * 1024
+MMAP_THRESHOLD = 4 * 1024 * 1024
+TRIM_THRESHOLD = 16 * 1024 * 1024
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3

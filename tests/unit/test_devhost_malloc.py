@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Prints how many blocks have a mapping of their own (mallinfo2's hblks) gained by allocating
-# 512 KiB then 2 MiB (each kept alive), after calling tune_malloc with the environment given.
+# 512 KiB, 1 MiB then 8 MiB (each kept alive), after calling tune_malloc with the environment given.
 _PROBE = """
 import ctypes, json, os, sys
 from devhost.malloc import tune_malloc
@@ -36,8 +36,9 @@ libc.mallinfo2.restype = Info
 tuned = tune_malloc(json.loads(sys.argv[1]))
 before = libc.mallinfo2().hblks
 medium = bytearray(512 * 1024)
+chunk = bytearray(1024 * 1024)
 after_medium = libc.mallinfo2().hblks
-large = bytearray(2 * 1024 * 1024)
+large = bytearray(8 * 1024 * 1024)
 after_large = libc.mallinfo2().hblks
 print(json.dumps({"tuned": tuned, "medium": after_medium - before, "large": after_large - after_medium}))
 """
@@ -59,11 +60,11 @@ def _probe(environ: dict[str, str]) -> dict[str, object]:
 
 
 def test_glibcs_default_maps_a_512_kib_block_of_its_own() -> None:
-    """The premise: without the setting, a request-sized chunk costs a fresh mapping."""
-    assert _probe({"DEVHOST_MALLOC": "default"}) == {"tuned": False, "medium": 1, "large": 1}
+    """The premise: without the setting, a request or read chunk costs a fresh mapping."""
+    assert _probe({"DEVHOST_MALLOC": "default"}) == {"tuned": False, "medium": 2, "large": 1}
 
 
-def test_tuned_a_512_kib_block_comes_from_the_heap_and_a_2_mib_one_is_still_mapped() -> None:
+def test_tuned_request_and_read_chunks_come_from_the_heap_and_an_8_mib_block_is_still_mapped() -> None:
     assert _probe({}) == {"tuned": True, "medium": 0, "large": 1}
 
 
