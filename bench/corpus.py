@@ -33,7 +33,7 @@ class Plan:
 
     @classmethod
     def full(cls, big_study_mb: float = 1024) -> Plan:
-        return cls(200, 10, 50, 3000, 50, 2, 100, 5, 200, 50, 1, big_study_mb, 16)
+        return cls(600, 10, 50, 3000, 50, 2, 100, 5, 200, 50, 1, big_study_mb, 16)
 
     @classmethod
     def quick(cls, big_study_mb: float = 32) -> Plan:
