@@ -7,7 +7,8 @@ are defaults. Environment: DEVHOST_HOST, DEVHOST_PORT, DEVHOST_APP (`module:attr
 (default info), DEVHOST_TRIGGERS (default on; `off` serves HTTP only: no blob, Service Bus or
 timer triggers; see devhost.triggers for their settings), DEVHOST_WORKERS (worker processes;
 default FUNCTIONS_WORKER_PROCESS_COUNT, else 1), DEVHOST_MALLOC (`default` leaves glibc's malloc
-thresholds as they are; see devhost.malloc). Once the socket is bound it prints
+thresholds as they are; see devhost.malloc), DEVHOST_READ_AHEAD_BYTES (how much of a request body
+is read ahead of the app, default 1 MiB; see devhost.readahead). Once the socket is bound it prints
 `devhost listening on http://HOST:PORT/<prefix>` (port 0 picks a free port and prints the real
 one).
 
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp
 from devhost.balance import balancing
 from devhost.discovery import discover
 from devhost.malloc import tune_malloc
+from devhost.readahead import read_ahead_bytes, set_read_ahead
 from devhost.routing import read_route_prefix
 from devhost.server import build_asgi_app
 from devhost.settings import DEFAULT_APP, apply_values, load_function_app, read_local_settings
@@ -142,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     apply_binding_defaults(os.environ)
     tune_malloc(os.environ)  # before the workers are forked, so that they have it too
+    set_read_ahead(read_ahead_bytes(os.environ))
     args = _parse_args(argv, settings.host)
     log_level = _configure_logging()
     if applied:
