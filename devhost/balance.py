@@ -4,37 +4,50 @@ With DEVHOST_WORKERS > 1 the workers share one listening socket. Left to themsel
 worker wins `accept()` gets the connection, at random; clients keep connections alive (urllib3
 pools, browsers, bench/), so with 2 workers and 2 or 4 connections the split is often 2-0 or
 3-1 and one core idles while the other saturates. Here each worker accepts a new connection only
-while it holds no more open connections than the least-loaded live worker:
+while it is no busier than the least busy live worker: no more busy connections, and when those
+are tied, no more open ones. A connection is busy from its accept until its first response is
+complete, and again while it carries a request; between requests a kept-alive connection is
+idle. Counting idle connections as load, as this did at first, let a client that keeps one it no
+longer uses (a health check, an earlier phase of a benchmark) put the connections it does use on
+one worker: with one idle connection on the first worker and one busy on the second, the next
+went to either. The benchmark's two-client STOW of small instances ran on one worker in one or
+two rounds of three.
 
 - `ConnectionTable`: a few bytes of shared memory (a file mapping made by the parent before it
   forks, inherited by every worker, restarted ones included), one slot per worker: pid, open
-  connections, heartbeat (CLOCK_MONOTONIC, the same clock in every process). A worker claims a
-  slot once its lifespan startup is done (a slot is free when its pid is 0 or no longer alive, so
-  a worker that was killed and restarted leaves no stale count), under a POSIX record lock on the
-  table's file, which the kernel releases if the holder dies. It gives the slot back when it
-  begins its graceful shutdown.
-- `may_accept`: a worker may accept while its count is at most that of every other live slot.
-  A slot is live while its pid exists and its heartbeat is under `STALE_NS` old: a worker that is
-  stopped, hung, or dead but not yet reaped by the supervisor stops holding the others back.
+  connections, busy connections, heartbeat (CLOCK_MONOTONIC, the same clock in every process).
+  A worker claims a slot once its lifespan startup is done (a slot is free when its pid is 0 or
+  no longer alive, so a worker that was killed and restarted leaves no stale count), under a
+  POSIX record lock on the table's file, which the kernel releases if the holder dies. It gives
+  the slot back when it begins its graceful shutdown. At start, a worker accepts nothing until
+  every worker of the run has claimed its slot (at most `STARTUP_GRACE_SECONDS`): alone, it would
+  take every connection of a client that starts as soon as /health answers.
+- `may_accept`: a worker may accept while its (busy, open) counts are at most those of every
+  other live slot, compared busy first. A slot is live while its pid exists and its heartbeat is
+  under `STALE_NS` old: a worker that is stopped, hung, or dead but not yet reaped by the
+  supervisor stops holding the others back.
 - `BalancedServer`, the `uvicorn.Server` of each worker: its own accept loop on the shared socket
   instead of uvicorn's listener. Before each `accept()` (also after every wake-up: a worker that
   was allowed when it began waiting may no longer be), it checks the gate; a gated worker
   re-checks every `GATE_POLL_SECONDS`, a waiting one beats every `BEAT_SECONDS`. An accepted
   socket goes to uvicorn's HTTP protocol through `loop.connect_accepted_socket` (uvloop or
-  asyncio). The count is the size of the server's own set of open connections, published on
-  every change: it goes up when uvicorn's protocol registers the connection (before the accept
-  loop takes the next one) and down when the connection closes.
+  asyncio). The counts are published on every change of the server's own set of open
+  connections (a connection is added when uvicorn's protocol registers it, before the accept
+  loop takes the next one, and discarded when it closes), and as each request begins and ends
+  (the worker's app is wrapped to do so).
 
-This balances connections, not requests: a worker with two idle keep-alive connections counts
-two. In Azure the Functions host dispatches each invocation to a worker process itself (over its
-gRPC channel), whatever connection the request came on; this only removes the dev host's own
-artefact of random connection placement.
+This balances connections, not requests: a connection stays with the worker that accepted it,
+however busy that worker becomes. In Azure the Functions host dispatches each invocation to a
+worker process itself (over its gRPC channel), whatever connection the request came on; this
+only removes the dev host's own artefact of random connection placement.
 
 Relied on in uvicorn (0.55) beyond its documented API: `uvicorn.supervisors.multiprocess.Server`,
 the name its `Multiprocess` supervisor instantiates in each worker (swapped here, as the caller
 swaps `uvicorn._subprocess.spawn` for fork); `Server.startup(sockets)` / `Server.shutdown(sockets)`
 with an empty socket list (lifespan only, no listener); `Server.server_state` and its
-`connections` set, which every protocol adds itself to and discards itself from;
+`connections` set, which every protocol adds itself to and discards itself from; the protocols'
+current request cycle `cycle` and its `response_complete` flag (without them every open connection
+counts as busy, which is the balancing by open connections); `Config.loaded_app`;
 `Server.lifespan.state`; `Config.http_protocol_class` and its constructor keywords (`config`,
 `server_state`, `app_state`), as `Server.startup` calls it. When any of these is missing, or
 there is no fork, `balancing` logs it and the workers accept at random as before.
@@ -68,6 +81,7 @@ __all__ = [
     "CAPACITY",
     "GATE_POLL_SECONDS",
     "STALE_NS",
+    "STARTUP_GRACE_SECONDS",
     "BalancedServer",
     "ConnectionTable",
     "Slot",
@@ -81,8 +95,9 @@ logger = logging.getLogger(__name__)
 CAPACITY = 32  # slots: DEVHOST_WORKERS is at most 10; SIGTTIN can add workers beyond it
 GATE_POLL_SECONDS = 0.005  # how often a gated worker looks at the table again
 BEAT_SECONDS = 0.1  # how often a worker waiting for a connection refreshes its heartbeat
+STARTUP_GRACE_SECONDS = 5.0  # how long a starting worker waits for its siblings before accepting
 STALE_NS = 1_000_000_000  # a slot whose heartbeat is older holds no one back
-_FIELDS = 3  # per slot: pid, open connections, heartbeat (monotonic ns)
+_FIELDS = 4  # per slot: pid, open connections, heartbeat (monotonic ns), busy connections
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR, errno.EAGAIN}
 
 
@@ -102,16 +117,26 @@ class Slot:
     pid: int  # 0: free
     connections: int
     beat_ns: int
+    busy: int = 0  # connections accepted or carrying a request (not idle between requests)
 
 
-def may_accept(mine: int, others: Iterable[Slot], now_ns: int, alive: Callable[[int], bool]) -> bool:
-    """The gate: True while `mine` open connections are no more than any other live worker's.
+def may_accept(
+    mine: int, others: Iterable[Slot], now_ns: int, alive: Callable[[int], bool], busy: int = 0
+) -> bool:
+    """The gate: True while this worker's `busy` connections, then its `mine` open ones, are no
+    more than any other live worker's (compared busy first).
 
     A slot counts when it is claimed (pid not 0), its heartbeat is fresh and its process exists;
     the liveness system call is made only for slots that would gate.
     """
+    load = (busy, mine)
     for slot in others:
-        if slot.pid and slot.connections < mine and now_ns - slot.beat_ns <= STALE_NS and alive(slot.pid):
+        if (
+            slot.pid
+            and (slot.busy, slot.connections) < load
+            and now_ns - slot.beat_ns <= STALE_NS
+            and alive(slot.pid)
+        ):
             return False
     return True
 
@@ -140,7 +165,9 @@ class ConnectionTable:
     def slot(self, index: int) -> Slot:
         base = index * _FIELDS
         cells = self._cells
-        return Slot(pid=cells[base], connections=cells[base + 1], beat_ns=cells[base + 2])
+        return Slot(
+            pid=cells[base], connections=cells[base + 1], beat_ns=cells[base + 2], busy=cells[base + 3]
+        )
 
     def slots(self) -> list[Slot]:
         return [self.slot(index) for index in range(self.capacity)]
@@ -164,6 +191,7 @@ class ConnectionTable:
                 if owner == 0 or (owner != pid and not self._alive(owner)):
                     base = index * _FIELDS
                     self._cells[base + 1] = 0
+                    self._cells[base + 3] = 0
                     self._cells[base + 2] = now_ns
                     self._cells[base] = pid  # last: whoever sees the pid sees its fresh count
                     return index
@@ -176,20 +204,33 @@ class ConnectionTable:
             if self._cells[base] == pid:
                 self._cells[base] = 0
                 self._cells[base + 1] = 0
+                self._cells[base + 3] = 0
 
-    def publish(self, index: int, connections: int) -> None:
-        self._cells[index * _FIELDS + 1] = connections
+    def publish(self, index: int, connections: int, busy: int | None = None) -> None:
+        """The worker's open connections and, when given, how many of them are busy."""
+        base = index * _FIELDS
+        if busy is not None:
+            self._cells[base + 3] = busy
+        self._cells[base + 1] = connections
 
     def beat(self, index: int, now_ns: int) -> None:
         self._cells[index * _FIELDS + 2] = now_ns
 
+    def live_workers(self, now_ns: int) -> int:
+        """How many slots are claimed by a worker with a fresh heartbeat that is alive."""
+        return sum(
+            1
+            for slot in self.slots()
+            if slot.pid and now_ns - slot.beat_ns <= STALE_NS and self._alive(slot.pid)
+        )
+
     def may_accept(self, index: int, now_ns: int) -> bool:
-        mine = self._cells[index * _FIELDS + 1]
         cells = self._cells
+        base = index * _FIELDS
         others = (
             self.slot(other) for other in range(self.capacity) if other != index and cells[other * _FIELDS]
         )
-        return may_accept(mine, others, now_ns, self._alive)
+        return may_accept(cells[base + 1], others, now_ns, self._alive, busy=cells[base + 3])
 
 
 class _CountedConnections(set[Any]):
@@ -210,6 +251,36 @@ class _CountedConnections(set[Any]):
     def remove(self, element: Any) -> None:
         super().remove(element)
         self._report(len(self))
+
+
+def _idle(protocol: Any) -> bool:
+    """A kept-alive connection between requests: uvicorn's protocol keeps its current request cycle
+    as `cycle` (None before the first request), whose `response_complete` turns True once the
+    response is sent; a new request replaces the cycle. Anything else counts as busy."""
+    cycle = getattr(protocol, "cycle", None)
+    return cycle is not None and getattr(cycle, "response_complete", False) is True
+
+
+def busy_connections(connections: Iterable[Any]) -> int:
+    return sum(1 for protocol in connections if not _idle(protocol))
+
+
+class _ReportingRequests:
+    """The worker's ASGI app, calling `report` as each HTTP request begins and once it has ended."""
+
+    def __init__(self, app: Any, report: Callable[[], None]) -> None:
+        self.app = app
+        self._report = report
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self._report()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._report()
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
@@ -242,7 +313,10 @@ class BalancedServer(uvicorn.Server):
 
     def _report(self, connections: int) -> None:
         if self.slot is not None:
-            self.table.publish(self.slot, connections)
+            self.table.publish(self.slot, connections, busy_connections(self.server_state.connections))
+
+    def _report_now(self) -> None:
+        self._report(len(self.server_state.connections))
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if not sockets:  # nothing shared to accept on: uvicorn's own listener
@@ -251,12 +325,14 @@ class BalancedServer(uvicorn.Server):
         await super().startup(sockets=[])  # the lifespan, and no listener of uvicorn's
         if not self.started:
             return
+        # Protocols take the app when they are made: wrapped before the first connection.
+        self.config.loaded_app = _ReportingRequests(self.config.loaded_app, self._report_now)
         pid = os.getpid()
         self.slot = self.table.claim(pid, time.monotonic_ns())
         if self.slot is None:
             logger.warning("worker %d: the balancing table is full; it accepts unbalanced", pid)
         else:
-            self.table.publish(self.slot, len(self.server_state.connections))
+            self._report_now()
             logger.info("worker %d accepts connections (least-connections, slot %d)", pid, self.slot)
         self._acceptor = asyncio.create_task(self._accept_loop(sockets[0]))
 
@@ -277,9 +353,27 @@ class BalancedServer(uvicorn.Server):
             config=self.config, server_state=self.server_state, app_state=self.lifespan.state
         )
 
+    async def _wait_for_siblings(self) -> None:
+        """At start, the connections wait in the backlog until every worker of the run is up (at
+        most STARTUP_GRACE_SECONDS): a worker accepting alone would take all the first ones, and
+        a client that opens its connections at once (a benchmark started as soon as /health
+        answers) would keep them all on it. A worker restarted later finds the others up."""
+        if self.slot is None:
+            return
+        expected = int(self.config.workers or 1)
+        deadline = time.monotonic() + STARTUP_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            now = time.monotonic_ns()
+            self.table.beat(self.slot, now)
+            if self.table.live_workers(now) >= expected:
+                return
+            await asyncio.sleep(GATE_POLL_SECONDS)
+        logger.warning("worker %d accepts before all %d workers are up", os.getpid(), expected)
+
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         listener.setblocking(False)
+        await self._wait_for_siblings()
         while True:
             if self.slot is not None:
                 now = time.monotonic_ns()

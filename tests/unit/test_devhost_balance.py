@@ -20,7 +20,16 @@ import pytest
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
-from devhost.balance import STALE_NS, BalancedServer, ConnectionTable, Slot, balancing, may_accept
+from devhost import balance
+from devhost.balance import (
+    STALE_NS,
+    BalancedServer,
+    ConnectionTable,
+    Slot,
+    balancing,
+    busy_connections,
+    may_accept,
+)
 
 NOW = 10 * STALE_NS  # an arbitrary monotonic instant, in ns
 FRESH = NOW - STALE_NS // 10  # a heartbeat well within STALE_NS
@@ -31,8 +40,8 @@ def alive(pid: int) -> bool:
     return pid in LIVE
 
 
-def slot(pid: int, connections: int, beat_ns: int = FRESH) -> Slot:
-    return Slot(pid=pid, connections=connections, beat_ns=beat_ns)
+def slot(pid: int, connections: int, beat_ns: int = FRESH, busy: int = 0) -> Slot:
+    return Slot(pid=pid, connections=connections, beat_ns=beat_ns, busy=busy)
 
 
 # --- the gate -------------------------------------------------------------------------------
@@ -47,6 +56,34 @@ def test_the_least_loaded_worker_may_accept_and_a_busier_one_may_not() -> None:
 def test_workers_tied_with_the_least_loaded_may_all_accept() -> None:
     assert may_accept(2, [slot(102, 2), slot(103, 5)], NOW, alive)
     assert may_accept(0, [slot(102, 0)], NOW, alive)
+
+
+def test_busy_connections_weigh_before_open_ones() -> None:
+    # One busy connection here against three idle ones there: the other worker takes the next.
+    assert not may_accept(1, [slot(101, 3, busy=0)], NOW, alive, busy=1)
+    assert may_accept(3, [slot(101, 1, busy=1)], NOW, alive, busy=0)
+    # Busy tied: the open connections decide, as before.
+    assert not may_accept(2, [slot(101, 1, busy=1)], NOW, alive, busy=1)
+    assert may_accept(1, [slot(101, 1, busy=1)], NOW, alive, busy=1)
+
+
+class _Cycle:
+    def __init__(self, complete: bool) -> None:
+        self.response_complete = complete
+
+
+class _Protocol:
+    def __init__(self, cycle: _Cycle | None) -> None:
+        self.cycle = cycle
+
+
+def test_a_connection_is_idle_only_between_requests() -> None:
+    assert busy_connections([_Protocol(None)]) == 1  # accepted, no request yet
+    assert busy_connections([_Protocol(_Cycle(complete=False))]) == 1  # a request in flight
+    assert busy_connections([_Protocol(_Cycle(complete=True))]) == 0  # kept alive, between requests
+    assert busy_connections([object()]) == 1  # a protocol without a cycle: counted as busy
+    mixed = [_Protocol(_Cycle(complete=True)), _Protocol(None), _Protocol(_Cycle(complete=True))]
+    assert busy_connections(mixed) == 1
 
 
 def test_a_worker_alone_always_may_accept() -> None:
@@ -163,8 +200,14 @@ def test_the_table_is_shared_with_forked_processes() -> None:
 # --- BalancedServer in this process ---------------------------------------------------------
 
 
+_release: asyncio.Event | None = None  # what GET /slow waits for (made in each scenario's loop)
+
+
 async def _app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
     assert scope["type"] == "http"
+    if scope["path"] == "/slow":
+        assert _release is not None
+        await _release.wait()
     body = b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": body})
@@ -187,8 +230,8 @@ class _Request:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
-    async def send(self) -> None:
-        self.writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+    async def send(self, path: str = "/") -> None:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
         await self.writer.drain()
 
     async def answer(self) -> bytes:
@@ -203,12 +246,12 @@ class _Request:
 
 
 @contextlib.asynccontextmanager
-async def _serving(table: ConnectionTable) -> AsyncIterator[tuple[BalancedServer, int]]:
+async def _serving(table: ConnectionTable, workers: int = 1) -> AsyncIterator[tuple[BalancedServer, int]]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     port = int(listener.getsockname()[1])
-    config = uvicorn.Config(_app, lifespan="off", log_config=None, access_log=False)
+    config = uvicorn.Config(_app, lifespan="off", log_config=None, access_log=False, workers=workers)
     server = BalancedServer(config, table)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:
@@ -245,6 +288,7 @@ async def _balanced_server_scenario() -> None:
             await first.send()
             assert await first.answer() == b"ok"  # 0 and 0: either may accept
             assert table.slot(0).connections == 1
+            await _until(lambda: table.slot(0).busy == 0)  # kept alive, idle between requests
 
             # 1 against the other worker's 0: this worker leaves the next connection alone.
             second = _Request(*await asyncio.open_connection("127.0.0.1", port))
@@ -273,6 +317,102 @@ async def _balanced_server_scenario() -> None:
 def test_a_balanced_worker_counts_its_connections_and_waits_for_its_turn(loop_factory: Any) -> None:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_balanced_server_scenario())
+
+
+async def _busy_connection_scenario() -> None:
+    global _release
+    release = _release = asyncio.Event()
+    table = ConnectionTable(capacity=4)
+    try:
+        async with _serving(table) as (_server, port):
+            try:
+                await _busy_connection_steps(table, port, release)
+            finally:
+                release.set()  # whatever failed, the server can shut down
+    finally:
+        _release = None
+        table.close()
+
+
+async def _busy_connection_steps(table: ConnectionTable, port: int, release: asyncio.Event) -> None:
+    other = table.claim(os.getppid(), 10**18)
+    assert other == 1
+    table.publish(other, 3, busy=0)  # the other worker: three idle kept-alive connections
+
+    slow = _Request(*await asyncio.open_connection("127.0.0.1", port))
+    await slow.send("/slow")  # (0 busy, 0 open) against (0, 3): this worker takes it
+    await _until(lambda: table.slot(0).busy == 1 and table.slot(0).connections == 1)
+
+    # One busy connection here against three idle ones there: the next is the other's, although
+    # this worker has fewer open connections.
+    second = _Request(*await asyncio.open_connection("127.0.0.1", port))
+    await second.send()
+    answer = asyncio.ensure_future(second.answer())
+    done, _ = await asyncio.wait({answer}, timeout=0.3)
+    assert not done
+    assert table.slot(0).connections == 1
+
+    release.set()  # the slow request ends: (0, 1) against (0, 3), this worker may accept
+    assert await slow.answer() == b"ok"
+    assert await answer == b"ok"
+    await _until(lambda: table.slot(0).connections == 2 and table.slot(0).busy == 0)
+    await slow.close()
+    await second.close()
+
+
+async def _startup_scenario() -> None:
+    table = ConnectionTable(capacity=4)
+    try:
+        async with _serving(table, workers=2) as (_server, port):
+            # The second worker of the run has not claimed its slot yet: nothing is accepted.
+            first = _Request(*await asyncio.open_connection("127.0.0.1", port))
+            await first.send()
+            answer = asyncio.ensure_future(first.answer())
+            done, _ = await asyncio.wait({answer}, timeout=0.3)
+            assert not done
+            assert table.slot(0).connections == 0
+            table.claim(os.getppid(), 10**18)  # it is up: the first worker may accept (0 and 0)
+            assert await answer == b"ok"
+            await first.close()
+    finally:
+        table.close()
+
+
+@pytest.mark.parametrize("loop_factory", _loop_factories())
+def test_a_starting_worker_waits_for_the_other_workers_of_the_run_before_accepting(
+    loop_factory: Any,
+) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_startup_scenario())
+
+
+async def _sibling_never_starts_scenario() -> None:
+    table = ConnectionTable(capacity=4)
+    try:
+        async with _serving(table, workers=2) as (_server, port):
+            first = _Request(*await asyncio.open_connection("127.0.0.1", port))
+            await first.send()
+            assert await first.answer() == b"ok"  # after the grace period, alone
+            await first.close()
+    finally:
+        table.close()
+
+
+def test_a_worker_whose_siblings_never_start_accepts_after_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(balance, "STARTUP_GRACE_SECONDS", 0.2)
+    with caplog.at_level(logging.WARNING, logger="devhost.balance"), asyncio.Runner() as runner:
+        runner.run(_sibling_never_starts_scenario())
+    assert "accepts before all 2 workers are up" in caplog.text
+
+
+@pytest.mark.parametrize("loop_factory", _loop_factories())
+def test_a_worker_busy_with_a_request_leaves_new_connections_to_one_with_idle_ones(
+    loop_factory: Any,
+) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_busy_connection_scenario())
 
 
 # --- installing it in uvicorn's supervisor --------------------------------------------------
