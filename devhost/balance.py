@@ -36,8 +36,12 @@ two rounds of three.
   loop takes the next one, and discarded when it closes), and as each request begins and ends
   (the worker's app is wrapped to do so).
 
-This balances connections, not requests: a connection stays with the worker that accepted it,
-however busy that worker becomes. In Azure the Functions host dispatches each invocation to a
+A connection stays with the worker that accepted it. A client that reuses connections made
+earlier (four, two on each worker) for a load on two of them may use two on the same worker, and
+no new connection comes for the gate to place. So when a worker answers a request while it has
+at least `SHED_MARGIN` more busy connections than another live worker, the response carries
+`Connection: close`: the client's next request comes on a new connection, which the gate places
+on the less busy worker. In Azure the Functions host dispatches each invocation to a
 worker process itself (over its gRPC channel), whatever connection the request came on; this
 only removes the dev host's own artefact of random connection placement.
 
@@ -80,12 +84,14 @@ __all__ = [
     "BEAT_SECONDS",
     "CAPACITY",
     "GATE_POLL_SECONDS",
+    "SHED_MARGIN",
     "STALE_NS",
     "STARTUP_GRACE_SECONDS",
     "BalancedServer",
     "ConnectionTable",
     "Slot",
     "balancing",
+    "busy_connections",
     "may_accept",
     "pid_alive",
 ]
@@ -96,6 +102,7 @@ CAPACITY = 32  # slots: DEVHOST_WORKERS is at most 10; SIGTTIN can add workers b
 GATE_POLL_SECONDS = 0.005  # how often a gated worker looks at the table again
 BEAT_SECONDS = 0.1  # how often a worker waiting for a connection refreshes its heartbeat
 STARTUP_GRACE_SECONDS = 5.0  # how long a starting worker waits for its siblings before accepting
+SHED_MARGIN = 2  # busy connections more than another worker's at which a response closes its own
 STALE_NS = 1_000_000_000  # a slot whose heartbeat is older holds no one back
 _FIELDS = 4  # per slot: pid, open connections, heartbeat (monotonic ns), busy connections
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR, errno.EAGAIN}
@@ -224,6 +231,15 @@ class ConnectionTable:
             if slot.pid and now_ns - slot.beat_ns <= STALE_NS and self._alive(slot.pid)
         )
 
+    def least_busy_other(self, index: int, now_ns: int) -> int | None:
+        """The fewest busy connections of another live worker; None when there is none."""
+        counts = [
+            slot.busy
+            for other, slot in enumerate(self.slots())
+            if other != index and slot.pid and now_ns - slot.beat_ns <= STALE_NS and self._alive(slot.pid)
+        ]
+        return min(counts, default=None)
+
     def may_accept(self, index: int, now_ns: int) -> bool:
         cells = self._cells
         base = index * _FIELDS
@@ -265,20 +281,33 @@ def busy_connections(connections: Iterable[Any]) -> int:
     return sum(1 for protocol in connections if not _idle(protocol))
 
 
-class _ReportingRequests:
-    """The worker's ASGI app, calling `report` as each HTTP request begins and once it has ended."""
+_CLOSE = (b"connection", b"close")
 
-    def __init__(self, app: Any, report: Callable[[], None]) -> None:
+
+class _ReportingRequests:
+    """The worker's ASGI app, calling `report` as each HTTP request begins and once it has ended,
+    and closing the connection after a response when `shed` says this worker is too busy."""
+
+    def __init__(self, app: Any, report: Callable[[], None], shed: Callable[[], bool]) -> None:
         self.app = app
         self._report = report
+        self._shed = shed
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def shedding_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and self._shed():
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"connection" for name, _ in headers):
+                    message = {**message, "headers": [*headers, _CLOSE]}
+            await send(message)
+
         self._report()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, shedding_send)
         finally:
             self._report()
 
@@ -318,6 +347,14 @@ class BalancedServer(uvicorn.Server):
     def _report_now(self) -> None:
         self._report(len(self.server_state.connections))
 
+    def _shed(self) -> bool:
+        """True when this worker has at least SHED_MARGIN more busy connections than another live
+        worker: the response being sent then closes its connection (see the module docstring)."""
+        if self.slot is None:
+            return False
+        least = self.table.least_busy_other(self.slot, time.monotonic_ns())
+        return least is not None and busy_connections(self.server_state.connections) - least >= SHED_MARGIN
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if not sockets:  # nothing shared to accept on: uvicorn's own listener
             await super().startup(sockets=sockets)
@@ -326,7 +363,7 @@ class BalancedServer(uvicorn.Server):
         if not self.started:
             return
         # Protocols take the app when they are made: wrapped before the first connection.
-        self.config.loaded_app = _ReportingRequests(self.config.loaded_app, self._report_now)
+        self.config.loaded_app = _ReportingRequests(self.config.loaded_app, self._report_now, self._shed)
         pid = os.getpid()
         self.slot = self.table.claim(pid, time.monotonic_ns())
         if self.slot is None:

@@ -235,9 +235,12 @@ class _Request:
         await self.writer.drain()
 
     async def answer(self) -> bytes:
+        return (await self.answer_with_head())[1]
+
+    async def answer_with_head(self) -> tuple[bytes, bytes]:
         head = await self.reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
-        return await self.reader.readexactly(2)
+        return head.lower(), await self.reader.readexactly(2)
 
     async def close(self) -> None:
         self.writer.close()
@@ -405,6 +408,51 @@ def test_a_worker_whose_siblings_never_start_accepts_after_the_grace_period(
     with caplog.at_level(logging.WARNING, logger="devhost.balance"), asyncio.Runner() as runner:
         runner.run(_sibling_never_starts_scenario())
     assert "accepts before all 2 workers are up" in caplog.text
+
+
+async def _shedding_scenario() -> None:
+    global _release
+    release = _release = asyncio.Event()
+    table = ConnectionTable(capacity=4)
+    try:
+        async with _serving(table) as (_server, port):
+            try:
+                first = _Request(*await asyncio.open_connection("127.0.0.1", port))
+                second = _Request(*await asyncio.open_connection("127.0.0.1", port))
+                for request in (first, second):  # a worker alone keeps its connections open
+                    await request.send()
+                    head, _ = await request.answer_with_head()
+                    assert b"connection: close" not in head
+                other = table.claim(os.getppid(), 10**18)
+                assert other == 1
+                table.publish(other, 2, busy=0)  # the other worker: two idle kept-alive connections
+
+                # One request in flight here: answering another leaves 2 busy against 0. That
+                # response closes its connection; the slow one, ending alone, does not.
+                await first.send("/slow")
+                await _until(lambda: table.slot(0).busy == 1)
+                await second.send()
+                head, _ = await second.answer_with_head()
+                assert b"connection: close" in head
+                release.set()
+                head, _ = await first.answer_with_head()
+                assert b"connection: close" not in head
+                await _until(lambda: table.slot(0).connections == 1)  # the second one is closed
+                await second.close()
+                await first.close()
+            finally:
+                release.set()
+    finally:
+        _release = None
+        table.close()
+
+
+@pytest.mark.parametrize("loop_factory", _loop_factories())
+def test_a_worker_two_connections_busier_than_another_closes_the_connection_it_answers(
+    loop_factory: Any,
+) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_shedding_scenario())
 
 
 @pytest.mark.parametrize("loop_factory", _loop_factories())
