@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -322,19 +322,39 @@ def test_a_balanced_worker_counts_its_connections_and_waits_for_its_turn(loop_fa
         runner.run(_balanced_server_scenario())
 
 
-async def _busy_connection_scenario() -> None:
-    global _release
-    release = _release = asyncio.Event()
-    table = ConnectionTable(capacity=4)
-    try:
-        async with _serving(table) as (_server, port):
-            try:
-                await _busy_connection_steps(table, port, release)
-            finally:
-                release.set()  # whatever failed, the server can shut down
-    finally:
-        _release = None
-        table.close()
+def _run_scenario(
+    loop_factory: Any,
+    scenario: Callable[[ConnectionTable, int, asyncio.Event], Awaitable[None]],
+    workers: int = 1,
+) -> None:
+    """Runs `scenario(table, port, release)` against a BalancedServer of a run of `workers`, which
+    holds slot 0 of a fresh table, on a loop made by `loop_factory` (None: asyncio's). GET /slow
+    requests end once `release` is set, which it is in the end whatever happens."""
+
+    async def main() -> None:
+        global _release
+        release = _release = asyncio.Event()
+        table = ConnectionTable(capacity=4)
+        try:
+            async with _serving(table, workers) as (_server, port):
+                try:
+                    await scenario(table, port, release)
+                finally:
+                    release.set()
+        finally:
+            _release = None
+            table.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+async def _not_answered_yet(request: _Request) -> asyncio.Future[bytes]:
+    """The answer to come of a request sent; asserts that none came within 0.3 s."""
+    answer = asyncio.ensure_future(request.answer())
+    done, _ = await asyncio.wait({answer}, timeout=0.3)
+    assert not done
+    return answer
 
 
 async def _busy_connection_steps(table: ConnectionTable, port: int, release: asyncio.Event) -> None:
@@ -350,9 +370,7 @@ async def _busy_connection_steps(table: ConnectionTable, port: int, release: asy
     # this worker has fewer open connections.
     second = _Request(*await asyncio.open_connection("127.0.0.1", port))
     await second.send()
-    answer = asyncio.ensure_future(second.answer())
-    done, _ = await asyncio.wait({answer}, timeout=0.3)
-    assert not done
+    answer = await _not_answered_yet(second)
     assert table.slot(0).connections == 1
 
     release.set()  # the slow request ends: (0, 1) against (0, 3), this worker may accept
@@ -363,104 +381,78 @@ async def _busy_connection_steps(table: ConnectionTable, port: int, release: asy
     await second.close()
 
 
-async def _startup_scenario() -> None:
-    table = ConnectionTable(capacity=4)
-    try:
-        async with _serving(table, workers=2) as (_server, port):
-            # The second worker of the run has not claimed its slot yet: nothing is accepted.
-            first = _Request(*await asyncio.open_connection("127.0.0.1", port))
-            await first.send()
-            answer = asyncio.ensure_future(first.answer())
-            done, _ = await asyncio.wait({answer}, timeout=0.3)
-            assert not done
-            assert table.slot(0).connections == 0
-            table.claim(os.getppid(), 10**18)  # it is up: the first worker may accept (0 and 0)
-            assert await answer == b"ok"
-            await first.close()
-    finally:
-        table.close()
+@pytest.mark.parametrize("loop_factory", _loop_factories())
+def test_a_worker_busy_with_a_request_leaves_new_connections_to_one_with_idle_ones(
+    loop_factory: Any,
+) -> None:
+    _run_scenario(loop_factory, _busy_connection_steps)
+
+
+async def _startup_steps(table: ConnectionTable, port: int, _event: asyncio.Event) -> None:
+    # The second worker of the run has not claimed its slot yet: nothing is accepted.
+    first = _Request(*await asyncio.open_connection("127.0.0.1", port))
+    await first.send()
+    answer = await _not_answered_yet(first)
+    assert table.slot(0).connections == 0
+    table.claim(os.getppid(), 10**18)  # it is up: the first worker may accept (0 and 0)
+    assert await answer == b"ok"
+    await first.close()
 
 
 @pytest.mark.parametrize("loop_factory", _loop_factories())
 def test_a_starting_worker_waits_for_the_other_workers_of_the_run_before_accepting(
     loop_factory: Any,
 ) -> None:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_startup_scenario())
+    _run_scenario(loop_factory, _startup_steps, workers=2)
 
 
-async def _sibling_never_starts_scenario() -> None:
-    table = ConnectionTable(capacity=4)
-    try:
-        async with _serving(table, workers=2) as (_server, port):
-            first = _Request(*await asyncio.open_connection("127.0.0.1", port))
-            await first.send()
-            assert await first.answer() == b"ok"  # after the grace period, alone
-            await first.close()
-    finally:
-        table.close()
+async def _alone_steps(_table: ConnectionTable, port: int, _event: asyncio.Event) -> None:
+    first = _Request(*await asyncio.open_connection("127.0.0.1", port))
+    await first.send()
+    assert await first.answer() == b"ok"  # after the grace period, alone
+    await first.close()
 
 
 def test_a_worker_whose_siblings_never_start_accepts_after_the_grace_period(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(balance, "STARTUP_GRACE_SECONDS", 0.2)
-    with caplog.at_level(logging.WARNING, logger="devhost.balance"), asyncio.Runner() as runner:
-        runner.run(_sibling_never_starts_scenario())
+    with caplog.at_level(logging.WARNING, logger="devhost.balance"):
+        _run_scenario(None, _alone_steps, workers=2)
     assert "accepts before all 2 workers are up" in caplog.text
 
 
-async def _shedding_scenario() -> None:
-    global _release
-    release = _release = asyncio.Event()
-    table = ConnectionTable(capacity=4)
-    try:
-        async with _serving(table) as (_server, port):
-            try:
-                first = _Request(*await asyncio.open_connection("127.0.0.1", port))
-                second = _Request(*await asyncio.open_connection("127.0.0.1", port))
-                for request in (first, second):  # a worker alone keeps its connections open
-                    await request.send()
-                    head, _ = await request.answer_with_head()
-                    assert b"connection: close" not in head
-                other = table.claim(os.getppid(), 10**18)
-                assert other == 1
-                table.publish(other, 2, busy=0)  # the other worker: two idle kept-alive connections
+async def _shedding_steps(table: ConnectionTable, port: int, release: asyncio.Event) -> None:
+    first = _Request(*await asyncio.open_connection("127.0.0.1", port))
+    second = _Request(*await asyncio.open_connection("127.0.0.1", port))
+    for request in (first, second):  # a worker alone keeps its connections open
+        await request.send()
+        head, _ = await request.answer_with_head()
+        assert b"connection: close" not in head
+    other = table.claim(os.getppid(), 10**18)
+    assert other == 1
+    table.publish(other, 2, busy=0)  # the other worker: two idle kept-alive connections
 
-                # One request in flight here: answering another leaves 2 busy against 0. That
-                # response closes its connection; the slow one, ending alone, does not.
-                await first.send("/slow")
-                await _until(lambda: table.slot(0).busy == 1)
-                await second.send()
-                head, _ = await second.answer_with_head()
-                assert b"connection: close" in head
-                release.set()
-                head, _ = await first.answer_with_head()
-                assert b"connection: close" not in head
-                await _until(lambda: table.slot(0).connections == 1)  # the second one is closed
-                await second.close()
-                await first.close()
-            finally:
-                release.set()
-    finally:
-        _release = None
-        table.close()
+    # One request in flight here: answering another leaves 2 busy against 0. That response
+    # closes its connection; the slow one, ending alone, does not.
+    await first.send("/slow")
+    await _until(lambda: table.slot(0).busy == 1)
+    await second.send()
+    head, _ = await second.answer_with_head()
+    assert b"connection: close" in head
+    release.set()
+    head, _ = await first.answer_with_head()
+    assert b"connection: close" not in head
+    await _until(lambda: table.slot(0).connections == 1)  # the second one is closed
+    await second.close()
+    await first.close()
 
 
 @pytest.mark.parametrize("loop_factory", _loop_factories())
 def test_a_worker_two_connections_busier_than_another_closes_the_connection_it_answers(
     loop_factory: Any,
 ) -> None:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_shedding_scenario())
-
-
-@pytest.mark.parametrize("loop_factory", _loop_factories())
-def test_a_worker_busy_with_a_request_leaves_new_connections_to_one_with_idle_ones(
-    loop_factory: Any,
-) -> None:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_busy_connection_scenario())
+    _run_scenario(loop_factory, _shedding_steps)
 
 
 # --- installing it in uvicorn's supervisor --------------------------------------------------
