@@ -1,4 +1,4 @@
-"""Least-connections balancing of accepted connections between the dev host's worker processes.
+"""Balancing of accepted connections between the dev host's worker processes, least busy first.
 
 With DEVHOST_WORKERS > 1 the workers share one listening socket. Left to themselves, whichever
 worker wins `accept()` gets the connection, at random; clients keep connections alive (urllib3
@@ -231,14 +231,22 @@ class ConnectionTable:
             if slot.pid and now_ns - slot.beat_ns <= STALE_NS and self._alive(slot.pid)
         )
 
-    def least_busy_other(self, index: int, now_ns: int) -> int | None:
-        """The fewest busy connections of another live worker; None when there is none."""
-        counts = [
-            slot.busy
-            for other, slot in enumerate(self.slots())
-            if other != index and slot.pid and now_ns - slot.beat_ns <= STALE_NS and self._alive(slot.pid)
-        ]
-        return min(counts, default=None)
+    def has_less_busy(self, index: int, busy: int, now_ns: int) -> bool:
+        """Whether another live worker has fewer than `busy` busy connections (read from the cells
+        directly: it is asked at every response that could close its connection)."""
+        cells = self._cells
+        for other in range(self.capacity):
+            base = other * _FIELDS
+            pid = cells[base]
+            if (
+                other != index
+                and pid
+                and cells[base + 3] < busy
+                and now_ns - cells[base + 2] <= STALE_NS
+                and self._alive(pid)
+            ):
+                return True
+        return False
 
     def may_accept(self, index: int, now_ns: int) -> bool:
         cells = self._cells
@@ -352,8 +360,10 @@ class BalancedServer(uvicorn.Server):
         worker: the response being sent then closes its connection (see the module docstring)."""
         if self.slot is None:
             return False
-        least = self.table.least_busy_other(self.slot, time.monotonic_ns())
-        return least is not None and busy_connections(self.server_state.connections) - least >= SHED_MARGIN
+        mine = busy_connections(self.server_state.connections)
+        return mine >= SHED_MARGIN and self.table.has_less_busy(
+            self.slot, mine - SHED_MARGIN + 1, time.monotonic_ns()
+        )
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if not sockets:  # nothing shared to accept on: uvicorn's own listener

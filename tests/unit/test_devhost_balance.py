@@ -168,6 +168,17 @@ def test_a_released_slot_is_free_again_and_only_its_holder_releases_it(table: Co
     assert table.claim(103, FRESH) == 0
 
 
+def test_a_less_busy_worker_is_one_live_with_fewer_busy_connections(table: ConnectionTable) -> None:
+    mine = table.claim(101, FRESH)
+    other = table.claim(102, FRESH)
+    assert mine is not None and other is not None
+    table.publish(other, 3, busy=1)
+    assert table.has_less_busy(mine, 2, NOW)
+    assert not table.has_less_busy(mine, 1, NOW)  # 1 is not fewer than 1
+    table.beat(other, NOW - STALE_NS - 1)
+    assert not table.has_less_busy(mine, 2, NOW)  # its heartbeat stopped: it does not count
+
+
 def test_a_full_table_has_no_slot_to_give(table: ConnectionTable) -> None:
     LIVE.add(104)
     try:
