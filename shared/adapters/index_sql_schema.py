@@ -214,6 +214,8 @@ def _sqlite_begin(conn: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        # Last in, first out: SQLite drops a connection's whole page cache when it begins a
+        # transaction after another connection has written; the connection used last is warm.
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, pool_use_lifo=True
         )
