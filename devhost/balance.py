@@ -127,23 +127,23 @@ class Slot:
     busy: int = 0  # connections accepted or carrying a request (not idle between requests)
 
 
+def _live(pid: int, beat_ns: int, now_ns: int, alive: Callable[[int], bool]) -> bool:
+    """A slot counts when it is claimed (pid not 0), its heartbeat is fresh and its process exists.
+    Callers test this last, so that the liveness system call is made only when it matters."""
+    return pid != 0 and now_ns - beat_ns <= STALE_NS and alive(pid)
+
+
 def may_accept(
     mine: int, others: Iterable[Slot], now_ns: int, alive: Callable[[int], bool], busy: int = 0
 ) -> bool:
     """The gate: True while this worker's `busy` connections, then its `mine` open ones, are no
     more than any other live worker's (compared busy first).
 
-    A slot counts when it is claimed (pid not 0), its heartbeat is fresh and its process exists;
-    the liveness system call is made only for slots that would gate.
+    Only live slots count (`_live`), asked only of slots that would gate.
     """
     load = (busy, mine)
     for slot in others:
-        if (
-            slot.pid
-            and (slot.busy, slot.connections) < load
-            and now_ns - slot.beat_ns <= STALE_NS
-            and alive(slot.pid)
-        ):
+        if (slot.busy, slot.connections) < load and _live(slot.pid, slot.beat_ns, now_ns, alive):
             return False
     return True
 
@@ -225,11 +225,7 @@ class ConnectionTable:
 
     def live_workers(self, now_ns: int) -> int:
         """How many slots are claimed by a worker with a fresh heartbeat that is alive."""
-        return sum(
-            1
-            for slot in self.slots()
-            if slot.pid and now_ns - slot.beat_ns <= STALE_NS and self._alive(slot.pid)
-        )
+        return sum(1 for slot in self.slots() if _live(slot.pid, slot.beat_ns, now_ns, self._alive))
 
     def has_less_busy(self, index: int, busy: int, now_ns: int) -> bool:
         """Whether another live worker has fewer than `busy` busy connections (read from the cells
@@ -237,13 +233,10 @@ class ConnectionTable:
         cells = self._cells
         for other in range(self.capacity):
             base = other * _FIELDS
-            pid = cells[base]
             if (
                 other != index
-                and pid
                 and cells[base + 3] < busy
-                and now_ns - cells[base + 2] <= STALE_NS
-                and self._alive(pid)
+                and _live(cells[base], cells[base + 2], now_ns, self._alive)
             ):
                 return True
         return False
