@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from shared.adapters.index_sql_columns import (
     series_columns,
     study_columns,
 )
-from shared.adapters.index_sql_raw import DbErrors, RawStatement
+from shared.adapters.index_sql_raw import Bound, DbErrors, RawStatement
 from shared.adapters.index_sql_schema import (
     ADVISORY_XACT_LOCK,
     CREATED,
@@ -138,6 +139,24 @@ def _lost_a_race(exc: BaseException) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _StudyWrite:
+    """A study row's upsert: the usual UPDATE bound, and the values of the others."""
+
+    study_uid: str
+    values: dict[str, Any]
+    where: dict[str, Any]
+    same_keys: Bound
+
+
+@dataclass(frozen=True, slots=True)
+class _CommitPlan:
+    study: _StudyWrite
+    series: Bound
+    instance: Bound
+    change: Bound
+
+
 class _OneFailed(Exception):
     """An item of a batch commit lost its pending instance: the batch is undone and retried item by item."""
 
@@ -217,38 +236,55 @@ class SqlMetadataIndex:
         Committed when the block ends, rolled back when it raises. The store path's statements
         are raw already (`_StorePath`); checking a connection out of the pool as an SQLAlchemy
         `Connection` and beginning through it cost more than the transaction's own BEGIN and
-        COMMIT, twice per instance stored. A connection that failed is dropped, not pooled."""
+        COMMIT, twice per instance stored. A connection that failed is dropped, not pooled.
+
+        SQLite: writers of every process queue on the file lock, so it is held for the
+        transaction alone; the connection is taken from the pool and returned within this
+        process's turn, outside it (a process's waiting writers then hold one connection, not one each)."""
+        writer = self._writer
         try:
-            with self._writer:
+            writer.take_turn()
+            try:
                 dbapi = self._engine.raw_connection()
                 try:
-                    if self._sqlite:
-                        dbapi.driver_connection.execute("BEGIN IMMEDIATE")  # as _sqlite_begin does
-                    cursor = dbapi.cursor()
+                    writer.lock_file()
                     try:
-                        yield cursor
+                        if self._sqlite:
+                            dbapi.driver_connection.execute("BEGIN IMMEDIATE")  # as _sqlite_begin does
+                        cursor = dbapi.cursor()
+                        try:
+                            yield cursor
+                        finally:
+                            cursor.close()
+                        dbapi.commit()
+                    except BaseException as exc:
+                        try:
+                            dbapi.rollback()
+                        except Exception:
+                            dbapi.invalidate()
+                        else:
+                            if isinstance(exc, self._errors.operational):
+                                dbapi.invalidate()  # lost or broken: the pool makes a new one
+                        raise
                     finally:
-                        cursor.close()
-                    dbapi.commit()
-                except BaseException as exc:
-                    try:
-                        dbapi.rollback()
-                    except Exception:
-                        dbapi.invalidate()
-                    else:
-                        if isinstance(exc, self._errors.operational):
-                            dbapi.invalidate()  # lost or broken: the pool makes a new one
-                    raise
+                        writer.unlock_file()
                 finally:
                     dbapi.close()
+            finally:
+                writer.end_turn()
         except (OperationalError, PoolTimeout, *self._errors.operational) as exc:
             raise Unavailable("the index database is unavailable; retry later") from exc
 
     # --- store -------------------------------------------------------------------------------
+    # Each statement's values are bound (JSON encoded, types processed) before its transaction:
+    # SQLite writers of every worker process wait for the one in its transaction, so what is done
+    # inside it is the SQL alone.
     def begin_instance(self, record: InstanceRecord, *, replace: bool) -> PendingInstance:
+        now = _now()
+        insert = self._bind_pending(record, now)
         try:
             with self._store_tx() as cur:
-                return self._begin(cur, record, replace, _now())
+                return self._begin(cur, record, insert, replace, now)
         except (IntegrityError, *self._errors.integrity):
             raise Conflict("the instance is being stored by another request") from None
 
@@ -263,12 +299,13 @@ class SqlMetadataIndex:
         # In SOP Instance UID order: two batches that insert some of the same instances then lock
         # their rows in the same order, so that on PostgreSQL one waits for the other, never both.
         order = sorted(range(len(records)), key=lambda k: records[k].uids.instance)
+        inserts = [self._bind_pending(record, now) for record in records]
         results: dict[int, PendingInstance | Exception] = {}
         try:
             with self._store_tx() as cur:
                 for k in order:
                     try:
-                        results[k] = self._begin(cur, records[k], replace, now)
+                        results[k] = self._begin(cur, records[k], inserts[k], replace, now)
                     except Conflict as exc:  # raised before this record wrote anything
                         results[k] = exc
         except Unavailable as exc:
@@ -279,11 +316,9 @@ class SqlMetadataIndex:
             return begin_each(self, records, replace=replace)
         return [results[k] for k in range(len(records))]
 
-    def _begin(self, cur: Any, record: InstanceRecord, replace: bool, now: datetime) -> PendingInstance:
+    def _bind_pending(self, record: InstanceRecord, now: datetime) -> Bound:
         uids = record.uids
-        raw = self._raw
-        inserted = raw.insert_pending.run(
-            cur,
+        return self._raw.insert_pending.bind(
             {
                 "partition": self._partition,
                 "study_uid": uids.study,
@@ -296,9 +331,15 @@ class SqlMetadataIndex:
                 "number_of_frames": record.number_of_frames,
                 "size": record.size,
                 "updated_at": now,
-            },
-        ).rowcount
-        if inserted == 1:
+            }
+        )
+
+    def _begin(
+        self, cur: Any, record: InstanceRecord, insert: Bound, replace: bool, now: datetime
+    ) -> PendingInstance:
+        uids = record.uids
+        raw = self._raw
+        if insert.run(cur).rowcount == 1:
             return PendingInstance(uids, record.version, None)
         row = raw.instance_row.run(cur, {"w_partition": self._partition, "w_sop": uids.instance}).fetchone()
         if row is None:  # PostgreSQL: the row that stopped the insert is gone (aborted) since
@@ -324,9 +365,10 @@ class SqlMetadataIndex:
         return PendingInstance(uids, record.version, version)
 
     def commit_instance(self, record: InstanceRecord, pending: PendingInstance) -> None:
+        plan = self._plan_commit(record, pending, _now())
         with self._store_tx() as cur:
             self._lock_changes(cur)
-            if not self._commit(cur, record, pending, _now()):  # raised inside: rolled back
+            if not self._commit(cur, plan, _now()):  # raised inside: rolled back
                 raise Conflict("the instance was stored concurrently by another request")
 
     def commit_instances(
@@ -337,11 +379,13 @@ class SqlMetadataIndex:
         if len(items) == 1:
             return commit_each(self, items)
         now = _now()
+        plans = [self._plan_commit(record, pending, now) for record, pending in items]
         try:
             with self._store_tx() as cur:
                 self._lock_changes(cur)
-                for record, pending in items:
-                    if not self._commit(cur, record, pending, now):
+                committed_at = _now()
+                for plan in plans:
+                    if not self._commit(cur, plan, committed_at):
                         raise _OneFailed
         except Unavailable as exc:
             if not _lost_a_race(exc):
@@ -359,21 +403,18 @@ class SqlMetadataIndex:
         if self._raw.change_lock is not None:
             self._raw.change_lock.run(cur, {"key": changefeed.CHANGE_LOCK}).fetchall()
 
-    def _commit(self, cur: Any, record: InstanceRecord, pending: PendingInstance, now: datetime) -> bool:
-        """Write the study, series and instance rows and the change; False if the pending instance
-        is no longer this one (the caller must then roll back)."""
+    def _plan_commit(self, record: InstanceRecord, pending: PendingInstance, now: datetime) -> _CommitPlan:
+        """The statements of an instance's commit, bound; the keys of its study and series rows,
+        and the change's time (taken in the transaction, so that times follow sequences), are late."""
         uids = record.uids
         raw = self._raw
-        study_pk = self._write_study(cur, uids.study, study_columns(record.study_attrs), now)
-        series_pk = raw.upsert_series.run(
-            cur, {"study_pk": study_pk, "series_uid": uids.series, **series_columns(record.series_attrs)}
-        ).fetchone()[0]
+        series_params = {"study_pk": 0, "series_uid": uids.series, **series_columns(record.series_attrs)}
         values = {
             "w_partition": self._partition,
             "w_sop": uids.instance,
             "w_version": pending.version,
-            "study_pk": study_pk,
-            "series_pk": series_pk,
+            "study_pk": 0,
+            "series_pk": 0,
             "sop_class_uid": record.sop_class_uid,
             "instance_number": integer(record.instance_attrs, "00200013"),
             "transfer_syntax": record.transfer_syntax,
@@ -383,45 +424,61 @@ class SqlMetadataIndex:
             "updated_at": now,
         }
         if pending.replaces is None:
-            stmt = raw.commit_create
+            stmt, action = raw.commit_create, ChangeAction.CREATE
         else:
-            stmt = raw.commit_replace
+            stmt, action = raw.commit_replace, ChangeAction.REPLACE
             values["version"] = pending.version
-        if stmt.run(cur, values).rowcount != 1:
+        change = changefeed.change_row(self._partition, action, uids, pending.version, now)
+        return _CommitPlan(
+            study=self._plan_study(uids.study, study_columns(record.study_attrs), now),
+            series=raw.upsert_series.bind(series_params, late=("study_pk",)),
+            instance=stmt.bind(values, late=("study_pk", "series_pk")),
+            change=raw.append_change.bind(change, late=("timestamp",)),
+        )
+
+    def _commit(self, cur: Any, plan: _CommitPlan, now: datetime) -> bool:
+        """Write the study, series and instance rows and the change; False if the pending instance
+        is no longer this one (the caller must then roll back)."""
+        study_pk = self._write_study(cur, plan.study)
+        series_pk = plan.series.run(cur, {"study_pk": study_pk}).fetchone()[0]
+        if plan.instance.run(cur, {"study_pk": study_pk, "series_pk": series_pk}).rowcount != 1:
             return False
-        action = ChangeAction.CREATE if pending.replaces is None else ChangeAction.REPLACE
-        raw.append_change.run(cur, changefeed.change_row(self._partition, action, uids, pending.version, now))
+        plan.change.run(cur, {"timestamp": now})
         return True
 
-    def _write_study(self, cur: Any, study_uid: str, columns: dict[str, Any], now: datetime) -> int:
+    def _plan_study(self, study_uid: str, columns: dict[str, Any], now: datetime) -> _StudyWrite:
+        values = {**columns, "updated_at": now}
+        where = {
+            "w_partition": self._partition,
+            "w_study": study_uid,
+            "w_patient_name": columns["patient_name"],
+            "w_referring_name": columns["referring_physician_name"],
+        }
+        keys = {f"w_{name}": columns[name] for name in _STUDY_KEYS}
+        same_keys = self._raw.update_same_keys.bind({**values, **where, **keys})
+        return _StudyWrite(study_uid, values, where, same_keys)
+
+    def _write_study(self, cur: Any, study: _StudyWrite) -> int:
         """Upsert the study row and keep its name words those of its names; return its key.
 
         The words are a function of the two name columns, so a study whose names did not change
         keeps its words untouched: that usual case is one UPDATE, without reading the words."""
         raw = self._raw
-        patient, referring = columns["patient_name"], columns["referring_physician_name"]
-        values = {**columns, "updated_at": now}
-        where = {
-            "w_partition": self._partition,
-            "w_study": study_uid,
-            "w_patient_name": patient,
-            "w_referring_name": referring,
-        }
-        keys = {f"w_{name}": columns[name] for name in _STUDY_KEYS}
-        row = raw.update_same_keys.run(cur, {**values, **where, **keys}).fetchone()
+        row = study.same_keys.run(cur).fetchone()
         if row is not None:
             return int(row[0])
+        values, where = study.values, study.where
         row = raw.update_same_names.run(cur, {**values, **where}).fetchone()
         if row is not None:
             return int(row[0])
-        values.update(partition=self._partition, study_uid=study_uid)
+        values = {**values, "partition": self._partition, "study_uid": study.study_uid}
         row = raw.insert_study.run(cur, values).fetchone()
         if row is None:  # the study exists with other names: replace its words
             study_pk = raw.upsert_study.run(cur, values).fetchone()[0]
             raw.delete_words.run(cur, {"w_study_pk": study_pk})
         else:
             study_pk = row[0]
-        rows = name_word_rows(study_pk, patient, referring)
+        rows = name_word_rows(study_pk, values["patient_name"], values["referring_physician_name"])
         if rows:
             raw.insert_words.run_many(cur, rows)
         return int(study_pk)

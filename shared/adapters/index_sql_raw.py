@@ -5,7 +5,9 @@ event set-up) costs several times what SQLite spends running one of these small 
 store runs half a dozen per instance. Here a statement is compiled once for the engine's dialect
 and executed on a DB-API cursor (the index's store path takes a connection from SQLAlchemy's pool
 and runs its own transaction on it), its values bound through the same type processors SQLAlchemy
-would use, so the rows written are the same. DB-API errors are not wrapped: `DbErrors` says which are which.
+would use, so the rows written are the same. `bind` does that binding ahead of the transaction,
+leaving only the values the transaction itself produces. DB-API errors are not wrapped: `DbErrors`
+says which are which.
 """
 
 from __future__ import annotations
@@ -36,15 +38,56 @@ class _Compiled:
             self._binds.append((name, escaped.get(name, name), default, processor))
 
     def values(self, params: Mapping[str, Any]) -> Any:
-        out = []
-        for name, _key, default, processor in self._binds:
+        return self.pack(self.partial(params, ())[0])
+
+    def partial(
+        self, params: Mapping[str, Any], late: Sequence[str]
+    ) -> tuple[list[Any], list[tuple[int, str, Callable[[Any], Any] | None]]]:
+        """The processed values in bind order, with a None in the place of each `late` name, and
+        where those go: (position, name, processor)."""
+        out: list[Any] = []
+        slots: list[tuple[int, str, Callable[[Any], Any] | None]] = []
+        for position, (name, _key, default, processor) in enumerate(self._binds):
+            if name in late:
+                slots.append((position, name, processor))
+                out.append(None)
+                continue
             value = params.get(name, default)
             if value is _REQUIRED:
                 raise KeyError(f"the statement needs a value for {name!r}")
             out.append(processor(value) if processor is not None else value)
+        missing = set(late) - {name for _, name, _ in slots}
+        if missing:
+            raise KeyError(f"the statement has no parameter {sorted(missing)[0]!r}")
+        return out, slots
+
+    def pack(self, out: Sequence[Any]) -> Any:
+        """Processed values in bind order, as the driver takes them."""
         if self._positional:
             return tuple(out)
         return {key: value for (_n, key, _d, _p), value in zip(self._binds, out, strict=True)}
+
+
+class Bound:
+    """A statement with its values bound ahead of its transaction (type processing done, JSON
+    encoded), but for the `late` ones, which come from the transaction itself (a key returned by
+    an earlier statement, the time of the commit): `run` binds those alone."""
+
+    __slots__ = ("_compiled", "_late", "_values")
+
+    def __init__(self, compiled: _Compiled, params: Mapping[str, Any], late: Sequence[str]) -> None:
+        self._compiled = compiled
+        self._values, self._late = compiled.partial(params, late)
+
+    def run(self, cursor: Any, late: Mapping[str, Any] | None = None) -> Any:
+        values = list(self._values)
+        for position, name, processor in self._late:
+            value = late[name] if late is not None else _REQUIRED
+            if value is _REQUIRED:
+                raise KeyError(f"the statement needs a late value for {name!r}")
+            values[position] = processor(value) if processor is not None else value
+        cursor.execute(self._compiled.sql, self._compiled.pack(values))
+        return cursor
 
 
 class RawStatement:
@@ -76,6 +119,11 @@ class RawStatement:
         compiled = self._for(params)
         cursor.execute(compiled.sql, compiled.values(params))
         return cursor
+
+    def bind(self, params: Mapping[str, Any], late: Sequence[str] = ()) -> Bound:
+        """`params` bound now, outside any transaction; the `late` names (present in `params`, as
+        an INSERT's columns are its keys) when the bound statement runs."""
+        return Bound(self._for(params), params, late)
 
     def run_many(self, cursor: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         """Rows with the same keys (the first row's)."""

@@ -336,30 +336,62 @@ class SqliteWriterLock:
                     raise Unavailable("the index database is busy; retry later") from None
                 time.sleep(self._POLL_SECONDS)
 
-    def __enter__(self) -> None:
+    # The two halves, for a writer that does work between them (a pooled connection is taken
+    # and returned inside this process's turn, outside the file lock that other processes wait on).
+    def take_turn(self) -> None:
+        """This process's turn: threads of one process wait on a lock, woken as soon as it is free."""
         if not self._thread_lock.acquire(timeout=self._timeout):
             raise Unavailable("the index database is busy; retry later")
+
+    def end_turn(self) -> None:
+        self._thread_lock.release()
+
+    def lock_file(self) -> None:
+        """The file lock, inside this thread's turn (re-entrant, as the turn is)."""
+        if self._depth == 0:
+            self._lock_file()
+        self._depth += 1
+
+    def unlock_file(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None and fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def __enter__(self) -> None:
+        self.take_turn()
         try:
-            if self._depth == 0:
-                self._lock_file()
-            self._depth += 1
+            self.lock_file()
         except BaseException:
-            self._thread_lock.release()
+            self.end_turn()
             raise
 
     def __exit__(self, *_exc: object) -> None:
         try:
-            self._depth -= 1
-            if self._depth == 0 and self._fd is not None and fcntl is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.unlock_file()
         finally:
-            self._thread_lock.release()
+            self.end_turn()
 
 
-def writer_lock(engine: Engine) -> contextlib.AbstractContextManager[None]:
+class NoWriterLock(contextlib.nullcontext[None]):
+    """The writer lock of a database that waits on its own locks: nothing to take."""
+
+    def take_turn(self) -> None:
+        pass
+
+    def end_turn(self) -> None:
+        pass
+
+    def lock_file(self) -> None:
+        pass
+
+    def unlock_file(self) -> None:
+        pass
+
+
+def writer_lock(engine: Engine) -> SqliteWriterLock | NoWriterLock:
     """What a write transaction on `engine` holds around itself (nothing but for a SQLite file:
     PostgreSQL waits on its own locks without sleeping)."""
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         return SqliteWriterLock(database)
-    return contextlib.nullcontext()
+    return NoWriterLock()

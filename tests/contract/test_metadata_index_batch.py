@@ -521,8 +521,9 @@ def test_sql_a_store_transaction_that_fails_on_the_database_is_undone_and_its_co
     engine, index = sql_engine
     invalidated = invalidations(engine)
     rec = record(STUDY_A, A1, 1)
+    now = index_now()
     with pytest.raises(Unavailable), index._store_tx() as cur:
-        index._begin(cur, rec, False, index_now())
+        index._begin(cur, rec, index._bind_pending(rec, now), False, now)
         if engine.dialect.name == "sqlite":
             cur.execute("SELECT * FROM no_such_table")  # sqlite3.OperationalError
         else:  # psycopg's QueryCanceled is an OperationalError
@@ -541,9 +542,39 @@ def test_sql_an_error_raised_inside_a_store_transaction_undoes_it_and_keeps_the_
     engine, index = sql_engine
     invalidated = invalidations(engine)
     rec = record(STUDY_A, A1, 1)
+    now = index_now()
     with pytest.raises(Conflict), index._store_tx() as cur:
-        index._begin(cur, rec, False, index_now())
+        index._begin(cur, rec, index._bind_pending(rec, now), False, now)
         raise Conflict("decided by the caller after writing")
     assert invalidated == []
     begun = index.begin_instance(rec, replace=False)
     assert begun == pending(rec)
+
+
+def test_sqlite_a_store_waiting_for_its_turn_holds_no_pooled_connection(tmp_path: Path) -> None:
+    """SQLite: a store that waits for another writer of its process waits before it takes a
+    connection from the pool, so waiting writers do not use up the pool that searches read from;
+    it stores once the turn is free."""
+    import threading
+
+    url = f"sqlite:///{tmp_path}/i.sqlite3"
+    engine = make_engine(url)
+    index = SqlMetadataIndex(url, engine=engine)
+    rec = record(STUDY_A, A1, 1)
+    writer = index._writer
+    done = threading.Event()
+    writer.take_turn()
+    try:
+        store = threading.Thread(
+            target=lambda: (index.commit_instance(rec, index.begin_instance(rec, replace=False)), done.set())
+        )
+        store.start()
+        store.join(0.3)
+        assert not done.is_set(), "the store waits for the turn"
+        assert engine.pool.checkedout() == 0
+    finally:
+        writer.end_turn()
+    store.join(10)
+    assert done.is_set()
+    assert [found.uids for found in index.find_instances(STUDY_A)] == [rec.uids]
+    engine.dispose()

@@ -91,3 +91,66 @@ def test_literal_values_of_the_statement_are_bound_and_a_missing_value_is_an_err
         assert db.execute("SELECT status, pending_version, version FROM instances").fetchall() == [
             (1, None, "new")
         ]
+
+
+def test_a_bound_insert_with_late_values_writes_the_same_row_as_sqlalchemy(tmp_path: Path) -> None:
+    """`bind` processes the values at once (JSON encoded, times formatted); the late ones are
+    processed when the bound statement runs, and the row is the one SQLAlchemy writes."""
+    written = []
+    for way in ("core", "bound"):
+        path = tmp_path / f"{way}.sqlite3"
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.connect() as conn, conn.begin():
+            if way == "core":
+                conn.execute(instances.insert(), ROW)
+            else:
+                params = {**ROW, "attrs": dict(ROW["attrs"]), "updated_at": None}
+                bound = RawStatement(instances.insert(), engine.dialect).bind(params, late=("updated_at",))
+                params["attrs"]["00200013"] = {"vr": "IS", "Value": [8]}  # after binding: not written
+                bound.run(conn.connection.cursor(), {"updated_at": NOW})
+        engine.dispose()
+        written.append(dump(path, "instances"))
+    assert written[0] == written[1]
+    assert len(written[0]) == 1
+
+
+def test_a_bound_statement_runs_again_with_other_late_values(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'i.sqlite3'}")
+    row = {
+        "partition": "p",
+        "action": "create",
+        "study_uid": "1.2",
+        "series_uid": "1.2.3",
+        "sop_instance_uid": "1.2.3.4",
+        "version": "v",
+        "timestamp": None,
+        "published": False,
+    }
+    bound = RawStatement(changes.insert(), engine.dialect).bind(row, late=("timestamp", "version"))
+    with engine.connect() as conn, conn.begin():
+        cursor = conn.connection.cursor()
+        bound.run(cursor, {"timestamp": NOW, "version": "v1"})
+        bound.run(cursor, {"timestamp": NOW.replace(microsecond=0), "version": "v2"})
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "i.sqlite3") as db:
+        assert db.execute("SELECT version, timestamp FROM changes ORDER BY sequence").fetchall() == [
+            ("v1", "2026-12-05 22:41:07.123456"),
+            ("v2", "2026-12-05 22:41:07.000000"),
+        ]
+
+
+def test_a_late_value_must_be_given_and_must_be_a_parameter_of_the_statement(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'i.sqlite3'}")
+    stmt = update(instances).where(instances.c.sop_instance_uid == bindparam("w_sop")).values(status=1)
+    raw = RawStatement(stmt, engine.dialect)
+    with pytest.raises(KeyError, match="no_such"):
+        raw.bind({"w_sop": "1.2"}, late=("no_such",))
+    bound = raw.bind({}, late=("w_sop",))
+    with engine.connect() as conn, conn.begin():
+        cursor = conn.connection.cursor()
+        with pytest.raises(KeyError, match="w_sop"):
+            bound.run(cursor)
+        with pytest.raises(KeyError, match="w_sop"):
+            bound.run(cursor, {"other": 1})
+        assert bound.run(cursor, {"w_sop": "1.2"}).rowcount == 0
+    engine.dispose()

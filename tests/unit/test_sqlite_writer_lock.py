@@ -3,16 +3,17 @@ worker processes hold), without SQLite's sleeping busy handler."""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
-from shared.adapters.index_sql_schema import SqliteWriterLock, writer_lock
+from shared.adapters.index_sql_schema import NoWriterLock, SqliteWriterLock, writer_lock
+from shared.core.errors import Unavailable
 
 
 def _overlaps(locks: list[SqliteWriterLock], rounds: int = 200) -> int:
@@ -97,16 +98,47 @@ def test_the_lock_is_reentrant_within_a_thread(tmp_path: Path) -> None:
 
 def test_only_a_sqlite_file_gets_a_lock(tmp_path: Path) -> None:
     assert isinstance(writer_lock(create_engine(f"sqlite:///{tmp_path / 'x.sqlite3'}")), SqliteWriterLock)
-    assert isinstance(writer_lock(create_engine("sqlite://")), contextlib.nullcontext)
-    assert isinstance(
-        writer_lock(create_engine("postgresql+psycopg://u@127.0.0.1/db")), contextlib.nullcontext
-    )
+    assert isinstance(writer_lock(create_engine("sqlite://")), NoWriterLock)
+    assert isinstance(writer_lock(create_engine("postgresql+psycopg://u@127.0.0.1/db")), NoWriterLock)
+
+
+def test_the_turn_of_one_process_does_not_hold_up_another_only_its_file_lock_does(tmp_path: Path) -> None:
+    """The two halves: a thread's turn excludes the other threads of its process (the same lock
+    object) but not another process (another object on the file); the file lock excludes both."""
+    database = str(tmp_path / "index.sqlite3")
+    mine, other = SqliteWriterLock(database, timeout=0.2), SqliteWriterLock(database, timeout=0.2)
+    mine.take_turn()
+    try:
+        with other:  # another process writes while this one only has its turn
+            pass
+        blocked: list[BaseException] = []
+        sibling = threading.Thread(target=lambda: _catch(blocked, mine.take_turn))
+        sibling.start()
+        sibling.join()
+        assert [type(e) for e in blocked] == [Unavailable], "a sibling thread waits for the turn"
+        mine.lock_file()
+        try:
+            with pytest.raises(Unavailable), other:
+                pass
+        finally:
+            mine.unlock_file()
+        with other:  # the file lock let go, the turn still held
+            pass
+    finally:
+        mine.end_turn()
+    with mine:
+        pass
+
+
+def _catch(errors: list[BaseException], call: Callable[[], object]) -> None:
+    try:
+        call()
+    except BaseException as exc:
+        errors.append(exc)
 
 
 def test_a_writer_gives_up_as_unavailable_when_the_lock_stays_held(tmp_path: Path) -> None:
     """Like SQLite's busy timeout: a holder that never lets go (a stopped worker) is a 503, not a hang."""
-    from shared.core.errors import Unavailable
-
     database = str(tmp_path / "index.sqlite3")
     holder = SqliteWriterLock(database)
     waiter = SqliteWriterLock(database, timeout=0.2)
