@@ -155,6 +155,24 @@ def _value_length(value: object) -> int:
     return len(value) if isinstance(value, str) else 0
 
 
+def _may_hold_long_values(ds: Dataset) -> bool:
+    """False when no top-level value of `ds` can decode to more than `_MAX_INDEXED_VALUE`
+    characters: every element is still raw and at most that many bytes long (a character takes
+    at least a byte), or converted and no longer than that as text, or of a VR whose DICOM JSON values
+    `_value_length` counts as 0 (sequences, numbers: frame indexing converted some). The
+    usual header passes here, without a look at each value of its DICOM JSON."""
+    for elem in ds._dict.values():
+        if type(elem) is RawDataElement:
+            if elem.length > _MAX_INDEXED_VALUE:
+                return True
+        elif elem.VR not in _NOT_TEXT_VRS and len(str(elem.value)) > _MAX_INDEXED_VALUE:
+            return True  # converted (Specific Character Set always is): its text bounds its values
+    return False
+
+
+_NOT_TEXT_VRS = frozenset({"SQ", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS", "AT"})
+
+
 def _check_indexed_lengths(levels: tuple[dict[str, Any], ...]) -> None:
     for attrs in levels:
         for tag, elem in attrs.items():
@@ -264,7 +282,8 @@ class InstanceStore:
                     FailureReason.CANNOT_UNDERSTAND, "an attribute value is malformed and cannot be read"
                 ) from None
             levels = split_levels(doc)
-            _check_indexed_lengths(levels)
+            if _may_hold_long_values(ds):
+                _check_indexed_lengths(levels)
         except _Rejected as rejected:
             return StoreOutcome(
                 StoreStatus.FAILED,

@@ -181,6 +181,32 @@ def test_an_indexed_value_over_10240_characters_fails_that_instance(
     assert _files(blobs) == []
 
 
+def test_the_length_check_is_skipped_only_where_no_value_can_be_too_long() -> None:
+    """`_may_hold_long_values` bounds each value by its element: raw bytes, or the text of a
+    converted value; numbers and sequences never count. The check itself is the test above."""
+    from shared.core.header import read_header
+    from shared.core.store import _may_hold_long_values
+
+    def header(**values: object) -> pydicom.Dataset:
+        ds = pydicom.dcmread(io.BytesIO(_fresh()))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        raw = io.BytesIO()
+        ds.save_as(raw, enforce_file_format=True)
+        return read_header(raw)[0]
+
+    assert not _may_hold_long_values(header())
+    assert not _may_hold_long_values(header(StudyDescription="d" * 10240))
+    assert _may_hold_long_values(header(StudyDescription="d" * 10241))  # raw: its length
+    converted = header(StudyDescription="d" * 10240)
+    converted.StudyDescription = "d" * 10241  # no longer raw: its text
+    assert _may_hold_long_values(converted)
+    numbers = header(ReferencedFrameNumber=list(range(1, 3000)))  # IS, 10,000+ bytes raw
+    assert _may_hold_long_values(numbers)
+    numbers.ReferencedFrameNumber  # converted: numbers, counted as 0 in DICOM JSON
+    assert not _may_hold_long_values(numbers)
+
+
 def test_an_indexed_value_of_10240_characters_is_stored(tmp_path: Path) -> None:
     ds = pydicom.dcmread(io.BytesIO(_fresh()))
     ds.StudyDescription = "d" * 10240
