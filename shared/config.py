@@ -168,6 +168,6 @@ class Settings:
             servicebus_namespace=sb_namespace,
             events_queue=env.get("DICOMWEB_EVENTS_QUEUE") or "dicom-events",
             events_max_delivery=_int(env, "DICOMWEB_EVENTS_MAX_DELIVERY", 10, minimum=1),
-            events_batch_ms=_int(env, "DICOMWEB_EVENTS_BATCH_MS", 50),
+            events_batch_ms=_int(env, "DICOMWEB_EVENTS_BATCH_MS", 200),
             study_quiet_seconds=_int(env, "DICOMWEB_STUDY_QUIET_SECONDS", 300, minimum=1),
         )
