@@ -4,12 +4,13 @@ writes exactly what SQLAlchemy's own execution of it writes (same type processin
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, update
+from sqlalchemy import Connection, bindparam, update
 
 from shared.adapters.index_sql_raw import RawStatement
 from shared.adapters.index_sql_schema import changes, instances, make_engine
@@ -57,19 +58,23 @@ def dump(path: Path, table: str) -> list[tuple[Any, ...]]:
     ids=["instances (JSON, DateTime)", "changes (Boolean, DateTime)"],
 )
 def test_an_insert_writes_the_same_row_as_sqlalchemy(tmp_path: Path, table: Any, row: dict[str, Any]) -> None:
-    written = []
-    for way in ("core", "raw"):
-        path = tmp_path / f"{way}.sqlite3"
-        engine = make_engine(f"sqlite:///{path}")
-        with engine.connect() as conn, conn.begin():
-            if way == "core":
-                conn.execute(table.insert(), row)
-            else:
-                RawStatement(table.insert(), engine.dialect).run(conn.connection.cursor(), row)
-        engine.dispose()
-        written.append(dump(path, table.name))
-    assert written[0] == written[1]
-    assert len(written[0]) == 1
+    core = _written(tmp_path / "core.sqlite3", table.name, lambda conn: conn.execute(table.insert(), row))
+    raw = _written(
+        tmp_path / "raw.sqlite3",
+        table.name,
+        lambda conn: RawStatement(table.insert(), conn.dialect).run(conn.connection.cursor(), row),
+    )
+    assert core == raw
+    assert len(core) == 1
+
+
+def _written(path: Path, table: str, write: Callable[[Connection], object]) -> list[tuple[Any, ...]]:
+    """The rows of `table` after `write` ran in a transaction on a new index database at `path`."""
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.connect() as conn, conn.begin():
+        write(conn)
+    engine.dispose()
+    return dump(path, table)
 
 
 def test_literal_values_of_the_statement_are_bound_and_a_missing_value_is_an_error(tmp_path: Path) -> None:
@@ -96,22 +101,18 @@ def test_literal_values_of_the_statement_are_bound_and_a_missing_value_is_an_err
 def test_a_bound_insert_with_late_values_writes_the_same_row_as_sqlalchemy(tmp_path: Path) -> None:
     """`bind` processes the values at once (JSON encoded, times formatted); the late ones are
     processed when the bound statement runs, and the row is the one SQLAlchemy writes."""
-    written = []
-    for way in ("core", "bound"):
-        path = tmp_path / f"{way}.sqlite3"
-        engine = make_engine(f"sqlite:///{path}")
-        with engine.connect() as conn, conn.begin():
-            if way == "core":
-                conn.execute(instances.insert(), ROW)
-            else:
-                params = {**ROW, "attrs": dict(ROW["attrs"]), "updated_at": None}
-                bound = RawStatement(instances.insert(), engine.dialect).bind(params, late=("updated_at",))
-                params["attrs"]["00200013"] = {"vr": "IS", "Value": [8]}  # after binding: not written
-                bound.run(conn.connection.cursor(), {"updated_at": NOW})
-        engine.dispose()
-        written.append(dump(path, "instances"))
-    assert written[0] == written[1]
-    assert len(written[0]) == 1
+
+    def bound_insert(conn: Connection) -> None:
+        params = {**ROW, "attrs": dict(ROW["attrs"]), "updated_at": None}
+        bound = RawStatement(instances.insert(), conn.dialect).bind(params, late=("updated_at",))
+        params["attrs"]["00200013"] = {"vr": "IS", "Value": [8]}  # after binding: not written
+        bound.run(conn.connection.cursor(), {"updated_at": NOW})
+
+    core = _written(
+        tmp_path / "core.sqlite3", "instances", lambda conn: conn.execute(instances.insert(), ROW)
+    )
+    assert _written(tmp_path / "bound.sqlite3", "instances", bound_insert) == core
+    assert len(core) == 1
 
 
 def test_a_bound_statement_runs_again_with_other_late_values(tmp_path: Path) -> None:
