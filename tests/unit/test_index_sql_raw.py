@@ -31,6 +31,17 @@ ROW: dict[str, Any] = {
     "updated_at": NOW,
 }
 
+CHANGE: dict[str, Any] = {
+    "partition": "p",
+    "action": "create",
+    "study_uid": "1.2",
+    "series_uid": "1.2.3",
+    "sop_instance_uid": "1.2.3.4",
+    "version": "v",
+    "timestamp": NOW,
+    "published": False,
+}
+
 
 def dump(path: Path, table: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(path) as db:
@@ -41,19 +52,7 @@ def dump(path: Path, table: str) -> list[tuple[Any, ...]]:
     ("table", "row"),
     [
         (instances, ROW),
-        (
-            changes,
-            {
-                "partition": "p",
-                "action": "create",
-                "study_uid": "1.2",
-                "series_uid": "1.2.3",
-                "sop_instance_uid": "1.2.3.4",
-                "version": "v",
-                "timestamp": NOW,
-                "published": False,
-            },
-        ),
+        (changes, CHANGE),
     ],
     ids=["instances (JSON, DateTime)", "changes (Boolean, DateTime)"],
 )
@@ -117,16 +116,7 @@ def test_a_bound_insert_with_late_values_writes_the_same_row_as_sqlalchemy(tmp_p
 
 def test_a_bound_statement_runs_again_with_other_late_values(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'i.sqlite3'}")
-    row = {
-        "partition": "p",
-        "action": "create",
-        "study_uid": "1.2",
-        "series_uid": "1.2.3",
-        "sop_instance_uid": "1.2.3.4",
-        "version": "v",
-        "timestamp": None,
-        "published": False,
-    }
+    row = {**CHANGE, "timestamp": None, "version": None}
     bound = RawStatement(changes.insert(), engine.dialect).bind(row, late=("timestamp", "version"))
     with engine.connect() as conn, conn.begin():
         cursor = conn.connection.cursor()
