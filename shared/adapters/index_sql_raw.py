@@ -56,9 +56,10 @@ class _Compiled:
             if value is _REQUIRED:
                 raise KeyError(f"the statement needs a value for {name!r}")
             out.append(processor(value) if processor is not None else value)
-        missing = set(late) - {name for _, name, _ in slots}
-        if missing:
-            raise KeyError(f"the statement has no parameter {sorted(missing)[0]!r}")
+        if len(slots) != len(late):  # a late name that no parameter has (or one given twice)
+            missing = sorted(set(late) - {name for _, name, _ in slots})
+            if missing:
+                raise KeyError(f"the statement has no parameter {missing[0]!r}")
         return out, slots
 
     def pack(self, out: Sequence[Any]) -> Any:
